@@ -1,0 +1,73 @@
+"""nxm-lightning command line: ``python cli.py fit --config configs/glue.yaml`` (LightningCLI: fit/validate/test/predict)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+
+from nxm_lightning.data import GLUEDataModule
+from nxm_lightning.module import SequenceClassificationModule
+
+CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+
+
+class NxMLightningCLI(LightningCLI):
+    """LightningCLI with the GLUE links: the task and tokenizer follow the model, num_labels follows the task."""
+
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.link_arguments("model.init_args.model_name_or_path", "data.model_name_or_path")
+        parser.link_arguments("data.task_name", "model.init_args.task_name")
+        parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults(
+            {
+                "checkpoint.monitor": "val/score",
+                "checkpoint.mode": "max",
+                "checkpoint.save_last": True,
+                "checkpoint.filename": "best-{epoch}-{step}",
+                "checkpoint.auto_insert_metric_name": False,
+                "trainer.logger": {
+                    "class_path": "lightning.pytorch.loggers.TensorBoardLogger",
+                    "init_args": {"save_dir": "runs", "name": "glue", "default_hp_metric": False},
+                },
+            }
+        )
+
+
+def resolve_config_paths(argv: list[str]) -> list[str]:
+    """``--config glue.yaml`` also finds ``configs/glue.yaml`` when the given path does not exist."""
+    resolved = list(argv)
+    for i, arg in enumerate(resolved):
+        if arg == "--config" and i + 1 < len(resolved):
+            resolved[i + 1] = _find_config(resolved[i + 1])
+        elif arg.startswith("--config="):
+            resolved[i] = "--config=" + _find_config(arg.split("=", 1)[1])
+    return resolved
+
+
+def _find_config(path: str) -> str:
+    if Path(path).exists():
+        return path
+    for candidate in (CONFIG_DIR / path, CONFIG_DIR / Path(path).name):
+        if candidate.exists():
+            return str(candidate)
+    available = ", ".join(sorted(p.name for p in CONFIG_DIR.glob("*.yaml")))
+    raise SystemExit(f"error: config file {path!r} not found, nor under {CONFIG_DIR}. Available configs: {available}")
+
+
+def main(argv: list[str] | None = None) -> NxMLightningCLI:
+    return NxMLightningCLI(
+        SequenceClassificationModule,
+        GLUEDataModule,
+        subclass_mode_model=True,
+        seed_everything_default=42,
+        save_config_kwargs={"overwrite": True},
+        args=resolve_config_paths(sys.argv[1:] if argv is None else argv),
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""ADMM state for N:M sparsity (NxMTransformer): the auxiliary Z, the scaled dual U, rho, and the residuals.
+
+Problem, per targeted weight W: minimise task_loss(W) + rho/2 ||W - Z + U||^2 subject to Z being N:M sparse.
+- W-step: the user's optimizer, with the penalty's gradient ``rho (W - Z + U)`` either added to ``W.grad``
+  (``penalty="gradient"``, the paper's way) or applied as a plain step after the optimizer's
+  (``penalty="decoupled"``: ``W -= rho (W - Z + U)``). The decoupled step matters with Adam: Adam normalises each
+  coordinate's step to about the learning rate whatever the gradient's size, so a penalty inside the gradient can
+  move a weight only about sum(lr) over a whole run, too little to reach N:M in a fine-tuning budget.
+- Z-step: ``Z = Proj_NxM(W + U)``; U-step: ``U += W - Z``.
+
+Pure PyTorch: no Lightning here.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal
+
+import torch
+
+from nxm_lightning.nxm import nxm_mask
+from nxm_lightning.targets import Target
+
+PenaltyMode = Literal["gradient", "decoupled"]
+PENALTY_MODES = ("gradient", "decoupled")
+
+
+@dataclass
+class ZStepStats:
+    """What one Z/U update measured (all residuals normalised, so they compare across models)."""
+
+    primal_residual: float  # sum ||W - Z||^2 / sum ||W||^2 after the update
+    dual_residual: float  # rho * ||Z - Z_prev|| / ||Z||
+    mask_flip_rate: float  # share of mask entries that changed
+    rho: float
+    per_layer_primal: dict[str, float] = field(default_factory=dict)
+
+
+class ADMMState:
+    """Z, U, masks and rho for a set of targets; everything a resumed run needs is in :meth:`state_dict`.
+
+    Args:
+        targets: the layers, from :func:`nxm_lightning.targets.select_targets`.
+        rho: penalty weight (the initial one when a schedule is set).
+        rho_factor: rho is multiplied by this at every Z-step (1.0 keeps it constant) ...
+        rho_max: ... up to this cap.
+        penalty: ``"gradient"`` or ``"decoupled"`` (see the module docstring).
+    """
+
+    def __init__(
+        self,
+        targets: list[Target],
+        rho: float,
+        rho_factor: float = 1.0,
+        rho_max: float | None = None,
+        penalty: PenaltyMode = "gradient",
+    ) -> None:
+        if penalty not in PENALTY_MODES:
+            raise ValueError(f"penalty={penalty!r} is not one of {PENALTY_MODES}.")
+        if not (math.isfinite(rho) and rho > 0):
+            raise ValueError(f"rho={rho} must be a positive finite number (the paper uses 1e-3 to 1e-2).")
+        if rho_factor < 1:
+            raise ValueError(f"rho_factor={rho_factor} must be >= 1 (1 keeps rho constant).")
+        if penalty == "decoupled" and max(rho, rho_max if rho_factor > 1 and rho_max else rho) >= 1:
+            raise ValueError(
+                f"With penalty='decoupled', rho (={rho}) and rho_max (={rho_max}) are the fraction of (W - Z + U) "
+                "removed per step: use values in (0, 1), e.g. rho=0.01, and set rho_max below 1 when rho grows."
+            )
+        if penalty == "decoupled" and rho_factor > 1 and rho_max is None:
+            raise ValueError("With penalty='decoupled' and rho_factor > 1, set rho_max (< 1) to cap the growth.")
+        self.targets = targets
+        self.rho = float(rho)
+        self.rho_factor = float(rho_factor)
+        self.rho_max = float(rho_max) if rho_max is not None else None
+        self.penalty = penalty
+        self.zstep_count = 0
+        self.z: dict[str, torch.Tensor] = {}
+        self.u: dict[str, torch.Tensor] = {}
+        self.mask: dict[str, torch.Tensor] = {}
+
+    @property
+    def initialized(self) -> bool:
+        return bool(self.z)
+
+    @torch.no_grad()
+    def initialize(self) -> None:
+        """Z = Proj(W), U = 0: the start of the ADMM phase."""
+        for t in self.targets:
+            w = t.module.weight
+            self.mask[t.name] = nxm_mask(w, t.pattern.n, t.pattern.m)
+            self.z[t.name] = w.detach() * self.mask[t.name]
+            self.u[t.name] = torch.zeros_like(w, memory_format=torch.contiguous_format).detach()
+
+    @torch.no_grad()
+    def add_penalty_grad(self) -> None:
+        """W.grad += rho (W - Z + U) (``penalty="gradient"``): the gradient of rho/2 ||W - Z + U||^2."""
+        for t in self.targets:
+            w = t.module.weight
+            if w.grad is None:
+                continue
+            w.grad.add_(self._violation(t, w), alpha=self.rho)
+
+    @torch.no_grad()
+    def apply_decoupled_pull(self) -> None:
+        """W -= rho (W - Z + U) (``penalty="decoupled"``): a step of the penalty taken outside the optimizer."""
+        for t in self.targets:
+            w = t.module.weight
+            w.sub_(self._violation(t, w), alpha=self.rho)
+
+    def _violation(self, t: Target, w: torch.Tensor) -> torch.Tensor:
+        z, u = self.z[t.name], self.u[t.name]
+        if z.device != w.device:
+            self.to(w.device)
+            z, u = self.z[t.name], self.u[t.name]
+        return (w.detach().to(z.dtype) - z + u).to(w.dtype)
+
+    def penalty_value(self) -> torch.Tensor:
+        """rho/2 sum ||W - Z + U||^2 as a differentiable scalar: the reference implementation adds this to the loss."""
+        total = sum((t.module.weight - self.z[t.name] + self.u[t.name]).pow(2).sum() for t in self.targets)
+        return 0.5 * self.rho * total  # type: ignore[return-value]
+
+    @torch.no_grad()
+    def z_step(self) -> ZStepStats:
+        """Z = Proj(W + U); U += W - Z; then the rho schedule (U rescaled so that rho * U, the dual, is kept)."""
+        w_sq = z_sq = primal_sq = dual_sq = 0.0
+        flips = total = 0
+        per_layer: dict[str, float] = {}
+        for t in self.targets:
+            w = t.module.weight.detach().to(self.z[t.name].dtype)
+            z_prev = self.z[t.name]
+            u = self.u[t.name]
+            candidate = w + u
+            mask = nxm_mask(candidate, t.pattern.n, t.pattern.m)
+            z = candidate * mask
+            u.add_(w - z)
+            flips += int((mask != self.mask[t.name]).sum())
+            total += mask.numel()
+            layer_primal = float((w - z).pow(2).sum())
+            layer_w = float(w.pow(2).sum())
+            per_layer[t.name] = layer_primal / max(layer_w, 1e-30)
+            primal_sq += layer_primal
+            w_sq += layer_w
+            z_sq += float(z.pow(2).sum())
+            dual_sq += float((z - z_prev).pow(2).sum())
+            self.z[t.name] = z
+            self.mask[t.name] = mask
+        stats = ZStepStats(
+            primal_residual=primal_sq / max(w_sq, 1e-30),
+            dual_residual=self.rho * math.sqrt(dual_sq) / max(math.sqrt(z_sq), 1e-30),
+            mask_flip_rate=flips / max(total, 1),
+            rho=self.rho,
+            per_layer_primal=per_layer,
+        )
+        self.zstep_count += 1
+        self._advance_rho()
+        return stats
+
+    def _advance_rho(self) -> None:
+        new_rho = self.rho * self.rho_factor
+        if self.rho_max is not None:
+            new_rho = min(new_rho, self.rho_max)
+        if new_rho != self.rho:
+            for u in self.u.values():
+                u.mul_(self.rho / new_rho)
+            self.rho = new_rho
+
+    @torch.no_grad()
+    def primal_residual(self) -> float:
+        """sum ||W - Z||^2 / sum ||W||^2 for the current W."""
+        num = sum(float((t.module.weight.detach() - self.z[t.name]).pow(2).sum()) for t in self.targets)
+        den = sum(float(t.module.weight.detach().pow(2).sum()) for t in self.targets)
+        return num / max(den, 1e-30)
+
+    def non_finite_layer(self) -> str | None:
+        """Name of the first layer whose W, Z or U holds a NaN or Inf, else None."""
+        for t in self.targets:
+            for tensor in (t.module.weight, self.z.get(t.name), self.u.get(t.name)):
+                if tensor is not None and not bool(torch.isfinite(tensor).all()):
+                    return t.name
+        return None
+
+    def to(self, device: torch.device) -> None:
+        for store in (self.z, self.u, self.mask):
+            for name, tensor in store.items():
+                store[name] = tensor.to(device)
+
+    def state_dict(self) -> dict:
+        """Tensors and plain Python values only, so checkpoints load with ``weights_only=True``."""
+        return {
+            "rho": self.rho,
+            "zstep_count": self.zstep_count,
+            "patterns": {t.name: str(t.pattern) for t in self.targets},
+            "shapes": {t.name: list(t.shape) for t in self.targets},
+            "z": {k: v.cpu() for k, v in self.z.items()},
+            "u": {k: v.cpu() for k, v in self.u.items()},
+            "mask": {k: v.cpu() for k, v in self.mask.items()},
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore; the layers, shapes and patterns must match the current targets (else a ValueError saying which)."""
+        check_layers_match(state["patterns"], state["shapes"], self.targets, what="ADMM state")
+        self.rho = float(state["rho"])
+        self.zstep_count = int(state["zstep_count"])
+        device = self.targets[0].module.weight.device
+        self.z = {k: v.to(device) for k, v in state["z"].items()}
+        self.u = {k: v.to(device) for k, v in state["u"].items()}
+        self.mask = {k: v.to(device) for k, v in state["mask"].items()}
+
+
+def check_layers_match(
+    patterns: dict[str, str], shapes: dict[str, list[int]], targets: list[Target], what: str
+) -> None:
+    """Refuse saved per-layer state that belongs to another model or pattern, saying exactly what differs."""
+    current = {t.name: (list(t.shape), str(t.pattern)) for t in targets}
+    saved = {name: (list(shapes[name]), patterns[name]) for name in patterns}
+    if current == saved:
+        return
+    missing = sorted(set(saved) - set(current))
+    extra = sorted(set(current) - set(saved))
+    differ = [
+        f"{n}: saved {saved[n][0]} {saved[n][1]}, model {current[n][0]} {current[n][1]}"
+        for n in sorted(set(saved) & set(current))
+        if saved[n] != current[n]
+    ]
+    details = []
+    if missing:
+        details.append(f"layers in the checkpoint but not targeted in the model: {missing[:5]}")
+    if extra:
+        details.append(f"layers targeted in the model but not in the checkpoint: {extra[:5]}")
+    if differ:
+        details.append("shape or pattern differs: " + "; ".join(differ[:5]))
+    raise ValueError(
+        f"The {what} in this checkpoint was made for another model or N:M pattern ("
+        + "; ".join(details)
+        + "). Resume with the same model, include/exclude regexes and pattern, or start a new run without ckpt_path."
+    )

