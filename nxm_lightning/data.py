@@ -139,9 +139,16 @@ class GLUEDataModule(pl.LightningDataModule):
             if split == "validation":
                 return [self._read_tsv(local / f, labeled=True) for f in self.task.validation_files]
             return self._read_tsv(local / self.task.local_test_file, labeled=False)
-        names = {"train": ["train"], "validation": list(self.task.hub_validation_splits), "test": [self.task.hub_test_split]}
+        names = {
+            "train": ["train"],
+            "validation": list(self.task.hub_validation_splits),
+            "test": [self.task.hub_test_split],
+        }
         try:
-            loaded = [datasets.load_dataset(HUB_DATASET, self.task.name, split=s, cache_dir=self.cache_dir) for s in names[split]]
+            loaded = [
+                datasets.load_dataset(HUB_DATASET, self.task.name, split=s, cache_dir=self.cache_dir)
+                for s in names[split]
+            ]
         except Exception as err:
             raise RuntimeError(
                 f"Could not load {HUB_DATASET}/{self.task.name} from the Hub ({type(err).__name__}: {err}). Offline, "

@@ -7,6 +7,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
 from nxm_lightning.glue import get_task
@@ -48,7 +49,9 @@ class SequenceClassificationModule(pl.LightningModule):
         self.task = get_task(task_name)
         num_labels = num_labels or self.task.num_labels
         if num_labels != self.task.num_labels:
-            raise ValueError(f"num_labels={num_labels} does not fit task {self.task.name!r}, which has {self.task.num_labels}.")
+            raise ValueError(
+                f"num_labels={num_labels} does not fit task {self.task.name!r}, which has {self.task.num_labels}."
+            )
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1).")
         self.model = self._build_model(model_name_or_path, num_labels, trust_remote_code)
@@ -118,6 +121,40 @@ class SequenceClassificationModule(pl.LightningModule):
             return {"scores": predictions}
         labels = [self.task.label_names[i] for i in predictions.tolist()]
         return {"label_ids": predictions, "labels": labels}
+
+    @torch.no_grad()
+    def evaluate_score(self, dataloaders: DataLoader | list[DataLoader]) -> float:
+        """The GLUE score (points) on ``dataloaders`` with fresh metrics, outside Lightning's loops (no logging).
+
+        The callbacks use it to score the model just before and after a prune, and with temporarily projected weights.
+        """
+        loaders = dataloaders if isinstance(dataloaders, (list, tuple)) else [dataloaders]
+        was_training = self.training
+        self.eval()
+        values: dict[str, float] = {}
+        for suffix, loader in zip(self.val_suffixes, loaders):
+            metrics = glue_metrics(self.task).to(self.device)
+            for batch in loader:
+                batch = {k: v.to(self.device) for k, v in batch.items()}
+                metrics.update(self.predictions(self(**self._model_inputs(batch)).logits), batch["labels"])
+            values.update({f"{name}{suffix}": float(value) for name, value in metrics.compute().items()})
+        self.train(was_training)
+        return glue_score(values)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose weights do not fit this model, naming the first mismatching tensors."""
+        own = self.state_dict()
+        mismatched = [
+            f"{name}: checkpoint {tuple(tensor.shape)} vs model {tuple(own[name].shape)}"
+            for name, tensor in checkpoint.get("state_dict", {}).items()
+            if name in own and tuple(tensor.shape) != tuple(own[name].shape)
+        ]
+        if mismatched:
+            raise ValueError(
+                f"This checkpoint was saved from a model of another shape ({len(mismatched)} tensors differ, e.g. "
+                + "; ".join(mismatched[:3])
+                + "). Use the same model_name_or_path and task as the run that wrote it."
+            )
 
     def configure_optimizers(self) -> dict:
         decay, no_decay = [], []

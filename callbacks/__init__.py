@@ -1,0 +1,6 @@
+"""Lightning callbacks of nxm-lightning: ADMM sparsification and the hard prune that follows it."""
+
+from callbacks.hard_prune import HardPruneCallback
+from callbacks.nxm_sparsify import NxMSparsifyCallback
+
+__all__ = ["HardPruneCallback", "NxMSparsifyCallback"]

@@ -1,0 +1,53 @@
+"""Small helpers the callbacks share."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import lightning.pytorch as pl
+import torch
+
+from nxm_lightning.nxm import nxm_mask
+from nxm_lightning.targets import Target
+
+
+def optimizer_stepped(callback: object, trainer: pl.Trainer) -> bool:
+    """True once per optimizer step (global_step advanced since the last call): skips accumulation micro-batches."""
+    stepped = trainer.global_step != getattr(callback, "_seen_step", None)
+    callback._seen_step = trainer.global_step  # type: ignore[attr-defined]
+    return stepped
+
+
+@contextmanager
+def restore_weights(targets: list[Target]) -> Iterator[None]:
+    """Run the block, then put the targets' weights back as they were."""
+    saved = [t.module.weight.detach().clone() for t in targets]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, weight in zip(targets, saved):
+                t.module.weight.copy_(weight)
+
+
+@torch.no_grad()
+def project_targets(targets: list[Target]) -> dict[str, torch.Tensor]:
+    """Cut every target to its N:M pattern by magnitude; returns the masks."""
+    masks = {}
+    for t in targets:
+        mask = nxm_mask(t.module.weight, t.pattern.n, t.pattern.m)
+        t.module.weight.mul_(mask)
+        masks[t.name] = mask
+    return masks
+
+
+def raise_if_non_finite(layer: str | None, trainer: pl.Trainer, when: str) -> None:
+    """Stop the run (before any checkpoint is written with the bad weights) when ADMM state went NaN/Inf."""
+    if layer is None:
+        return
+    raise FloatingPointError(
+        f"Non-finite values (NaN/Inf) {when} in layer {layer!r} at global step {trainer.global_step}: training "
+        "diverged. Use a smaller rho or learning rate (or gradient clipping), then restart from the last good "
+        "checkpoint. No checkpoint was written with these weights."
+    )

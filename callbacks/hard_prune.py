@@ -1,0 +1,287 @@
+"""HardPruneCallback: cut to exact N:M, fine-tune with the masks fixed, route to a sparse backend, export."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+
+from callbacks._common import optimizer_stepped, project_targets
+from callbacks.nxm_sparsify import NxMSparsifyCallback
+from nxm_lightning.admm import check_layers_match
+from nxm_lightning.export import export_pretrained
+from nxm_lightning.nxm import NxMPattern, first_violation
+from nxm_lightning.sparse_linear import NxMLinear, check_backend_name, replace_module
+from nxm_lightning.targets import Target, select_targets
+
+
+class HardPruneCallback(Callback):
+    r"""Prune the targets to exactly N:M by magnitude, keep the masks fixed for the rest of training, then serve.
+
+    When to prune:
+    - with an :class:`NxMSparsifyCallback` in the trainer and neither ``at_epoch`` nor ``at_step`` set: when its ADMM
+      phase ends, on its targets and patterns (the NxMTransformer pipeline);
+    - otherwise at the start of epoch ``at_epoch`` or before optimizer step ``at_step``; with neither, at fit start
+      (on a dense fine-tuned model, NVIDIA's ASP recipe).
+    If fit ends before that point, the prune happens at fit end, so a finished fit always leaves an N:M model.
+
+    After the prune, gradients of pruned weights are zeroed and the weights re-masked after every optimizer step
+    (AdamW's moments and weight decay would move them otherwise). Checkpoints saved before the cut are dense, so the
+    ModelCheckpoint "best" tracking restarts at the cut. At fit end the pruned Linear layers become
+    :class:`~nxm_lightning.sparse_linear.NxMLinear` with ``backend``, and ``export_dir`` (if set) receives a Hugging Face
+    folder plus ``sparsity.json``; the same routing happens when a pruned checkpoint is validated, tested or predicted.
+
+    Args:
+        pattern / include / exclude / pattern_overrides / strict: the targets when no NxMSparsifyCallback is
+            present (as in NxMSparsifyCallback; ``pattern`` is N:M, N kept of every M, NVIDIA's order).
+        at_epoch / at_step: prune at the start of this epoch / before this optimizer step (at most one).
+        backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparse_linear`).
+        backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
+        export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json``).
+        score_at_prune: log ``prune/score_before`` and ``prune/score_after`` (the module's ``evaluate_score`` on the
+            validation data just before and just after the cut) when the module has that method.
+
+    Example::
+
+        # ASP baseline: magnitude 2:4 at fit start, then masked fine-tuning
+        trainer = Trainer(callbacks=[HardPruneCallback(pattern="2:4", export_dir="exports/asp")])
+    """
+
+    def __init__(
+        self,
+        pattern: str = "2:4",
+        include: list[str] | None = None,
+        exclude: list[str] | None = None,
+        pattern_overrides: dict[str, str] | None = None,
+        strict: bool = False,
+        at_epoch: int | None = None,
+        at_step: int | None = None,
+        backend: str = "auto",
+        backend_strict: bool = False,
+        export_dir: str | None = None,
+        score_at_prune: bool = True,
+    ) -> None:
+        check_backend_name(backend)
+        if at_epoch is not None and at_step is not None:
+            raise ValueError(f"Set at most one of at_epoch ({at_epoch}) and at_step ({at_step}).")
+        if (at_epoch is not None and at_epoch < 0) or (at_step is not None and at_step < 0):
+            raise ValueError("at_epoch and at_step must be >= 0.")
+        NxMPattern.parse(pattern)
+        for override in (pattern_overrides or {}).values():
+            NxMPattern.parse(override)
+        self.selection = {"pattern": pattern, "include": include, "exclude": exclude,
+                          "pattern_overrides": pattern_overrides, "strict": strict}  # fmt: skip
+        self.at_epoch, self.at_step = at_epoch, at_step
+        self.backend, self.backend_strict = backend, backend_strict
+        self.export_dir = export_dir
+        self.score_at_prune = score_at_prune
+        self.targets: list[Target] = []
+        self.masks: dict[str, torch.Tensor] = {}
+        self.follow_admm = False
+        self._pending_state: dict[str, Any] | None = None
+
+    @property
+    def state_key(self) -> str:
+        return self._generate_state_key(pattern=self.selection["pattern"], include=self.selection["include"])
+
+    @property
+    def pruned(self) -> bool:
+        return bool(self.masks)
+
+    # ---- setup ---------------------------------------------------------------------------------------------------
+
+    def _sparsify_callback(self, trainer: pl.Trainer) -> NxMSparsifyCallback | None:
+        return next((cb for cb in trainer.callbacks if isinstance(cb, NxMSparsifyCallback)), None)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        sparsify = self._sparsify_callback(trainer)
+        self.follow_admm = sparsify is not None and self.at_epoch is None and self.at_step is None
+        if self.follow_admm:
+            assert sparsify is not None
+            self.targets = sparsify.targets
+            sparsify.add_end_listener(lambda tr, module: self._prune(tr, module, "the end of the ADMM phase"))
+        else:
+            self.targets = select_targets(pl_module, **self.selection)
+        if self._pending_state is not None:
+            self._load_masks(self._pending_state)
+            self._pending_state = None
+        elif not self.follow_admm and self.at_epoch is None and self.at_step is None:
+            self._prune(trainer, pl_module, "fit start")
+
+    def _load_masks(self, state: dict[str, Any]) -> None:
+        if not state.get("masks"):
+            return
+        check_layers_match(state["patterns"], state["shapes"], self.targets, what="hard-prune mask set")
+        device = self.targets[0].module.weight.device
+        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+        self._apply_masks()
+
+    # ---- pruning and masked fine-tuning --------------------------------------------------------------------------
+
+    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
+        if self.pruned:
+            return
+        evaluate = getattr(pl_module, "evaluate_score", None)
+        can_score = (
+            self.score_at_prune and callable(evaluate) and bool(trainer.val_dataloaders or _val_loaders(trainer))
+        )
+        metrics: dict[str, float] = {}
+        if can_score:
+            metrics["prune/score_before"] = float(evaluate(_val_loaders(trainer)))
+        self.masks = project_targets(self.targets)
+        if can_score:
+            metrics["prune/score_after"] = float(evaluate(_val_loaders(trainer)))
+        metrics.update(self._sparsity_metrics())
+        for logger in trainer.loggers:
+            logger.log_metrics(metrics, step=trainer.global_step)
+        for checkpoint in trainer.checkpoint_callbacks:
+            # Checkpoints from before the cut are dense: "best" must be chosen among the pruned ones only.
+            if hasattr(checkpoint, "best_k_models"):
+                checkpoint.best_k_models, checkpoint.kth_best_model_path = {}, ""
+                checkpoint.best_model_score, checkpoint.best_model_path = None, ""
+        scores = ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "score" in k)
+        rank_zero_info(
+            f"HardPruneCallback: pruned {len(self.targets)} layers to N:M at {when} (step {trainer.global_step}); "
+            f"density {metrics['sparsity/overall_density']:.4f}" + (f"; val score {scores}" if scores else "")
+        )
+
+    def _sparsity_metrics(self) -> dict[str, float]:
+        metrics, kept, total = {}, 0, 0
+        for t in self.targets:
+            nonzeros = int((t.module.weight != 0).sum())
+            metrics[f"sparsity_layers/{t.name}"] = 1 - nonzeros / t.module.weight.numel()
+            kept, total = kept + nonzeros, total + t.module.weight.numel()
+        metrics["sparsity/overall_density"] = kept / max(total, 1)
+        metrics["sparsity/overall_sparsity"] = 1 - kept / max(total, 1)
+        return metrics
+
+    @torch.no_grad()
+    def _apply_masks(self) -> None:
+        for t in self.targets:
+            t.module.weight.mul_(self.masks[t.name])
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._seen_step = trainer.global_step
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.at_epoch is not None and trainer.current_epoch >= self.at_epoch:
+            self._prune(trainer, pl_module, f"the start of epoch {trainer.current_epoch}")
+
+    def on_train_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
+    ) -> None:
+        if self.at_step is not None and trainer.global_step >= self.at_step:
+            self._prune(trainer, pl_module, f"step {trainer.global_step}")
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if not self.pruned:
+            return
+        for t in self.targets:
+            if t.module.weight.grad is not None:
+                t.module.weight.grad.mul_(self.masks[t.name])
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        if optimizer_stepped(self, trainer) and self.pruned:
+            self._apply_masks()
+
+    # ---- the end of fit: guaranteed prune, export, backend ---------------------------------------------------------
+
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if not self.pruned:
+            rank_zero_warn("HardPruneCallback: training ended before the planned prune point; pruning at fit end.")
+            self._prune(trainer, pl_module, "fit end (training ended before the planned prune point)")
+            for checkpoint in trainer.checkpoint_callbacks:
+                if getattr(checkpoint, "last_model_path", ""):
+                    trainer.save_checkpoint(checkpoint.last_model_path)
+        if self.export_dir:
+            self.export(pl_module, trainer)
+        self.route(pl_module)
+
+    def export(self, pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> None:
+        """Write the pruned model to ``export_dir`` (rank zero only): HF folder + tokenizer + sparsity.json."""
+        if not self.pruned:
+            raise RuntimeError(
+                "Nothing to export: the model has not been pruned yet (HardPruneCallback prunes during fit)."
+            )
+        if trainer is not None and not trainer.is_global_zero:
+            return
+        hf_model = getattr(pl_module, "model", None)
+        if hf_model is None or not hasattr(hf_model, "save_pretrained"):
+            raise TypeError(
+                f"export_dir needs pl_module.model to be a transformers PreTrainedModel; {type(pl_module).__name__} "
+                "has none. Unset export_dir, or save the weights yourself."
+            )
+        patterns = {f"{t.name.removeprefix('model.')}.weight": t.pattern for t in self.targets}
+        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
+        tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
+        path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir)
+        rank_zero_info(
+            f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.verify {path})"
+        )
+
+    def route(self, pl_module: pl.LightningModule) -> None:
+        """Replace each pruned nn.Linear with an NxMLinear served by ``backend``."""
+        chosen = set()
+        for t in self.targets:
+            current = pl_module.get_submodule(t.name)
+            if isinstance(current, NxMLinear):
+                continue
+            sparse = NxMLinear.from_linear(current, t.pattern, self.backend, strict=self.backend_strict)
+            replace_module(pl_module, t.name, sparse)
+            chosen.add(sparse.backend)
+        if chosen:
+            rank_zero_info(
+                f"HardPruneCallback: {len(self.targets)} layers served by backend {', '.join(sorted(chosen))}."
+            )
+
+    # ---- validate / test / predict from a pruned checkpoint -----------------------------------------------------
+
+    def _route_if_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.state.fn == "fit" or any(isinstance(m, NxMLinear) for m in pl_module.modules()):
+            return
+        targets = select_targets(pl_module, **self.selection)
+        dense = [t.name for t in targets if first_violation(t.module.weight, t.pattern.n, t.pattern.m) is not None]
+        if dense:
+            rank_zero_warn(
+                f"HardPruneCallback: {len(dense)} targeted layers (e.g. {dense[0]!r}) are not N:M in the loaded "
+                "weights, so no sparse backend is applied. Load a checkpoint saved after the prune."
+            )
+            return
+        self.targets = targets
+        self.route(pl_module)
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._route_if_pruned(trainer, pl_module)
+
+    def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._route_if_pruned(trainer, pl_module)
+
+    def on_predict_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._route_if_pruned(trainer, pl_module)
+
+    # ---- checkpointing -------------------------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.pruned:
+            return {}
+        return {
+            "masks": {name: mask.cpu() for name, mask in self.masks.items()},
+            "patterns": {t.name: str(t.pattern) for t in self.targets},
+            "shapes": {t.name: list(t.shape) for t in self.targets},
+        }
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._pending_state = state_dict or None
+
+
+def _val_loaders(trainer: pl.Trainer) -> Any:
+    """The validation dataloaders, even before the fit loop has built them (prune at fit start)."""
+    if trainer.val_dataloaders is not None:
+        return trainer.val_dataloaders
+    datamodule = trainer.datamodule
+    return datamodule.val_dataloader() if datamodule is not None else None

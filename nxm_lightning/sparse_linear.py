@@ -1,0 +1,181 @@
+"""NxMLinear: an N:M pruned ``nn.Linear`` served by a pluggable backend. Pure PyTorch: no Lightning here.
+
+Backends:
+- ``masked``: dense weight with exact zeros, any device and dtype: the reference for correctness.
+- ``packed``: the kept values plus each one's position inside its group, ``ceil(log2 M)`` bits each (2 bits for 2:4),
+  so 2:4 in fp32 takes 0.53x the dense bytes; expanded to dense on the fly for the matmul.
+- ``semi_structured``: ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt, else CUTLASS) on CUDA GPUs with
+  sparse tensor cores (compute capability 8.x and newer), 2:4 only, fp16/bf16/int8 weights, PyTorch's shape limits.
+- ``auto``: ``semi_structured`` where :func:`select_backend` finds it usable, else ``masked``.
+An unavailable backend falls back to ``masked`` with a warning naming the reason (an error when ``strict``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nxm_lightning.nxm import NxMPattern, first_violation, nxm_mask
+
+Backend = Literal["auto", "masked", "packed", "semi_structured"]
+BACKENDS = ("auto", "masked", "packed", "semi_structured")
+SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16, torch.int8)
+
+
+def check_backend_name(name: str) -> None:
+    if name not in BACKENDS:
+        raise ValueError(f"Unknown sparse backend {name!r}. Valid backends: {', '.join(BACKENDS)}.")
+
+
+def semi_structured_unavailable_reason(
+    weight: torch.Tensor, pattern: NxMPattern, cuda_capability: tuple[int, int] | None = None
+) -> str | None:
+    """Why ``to_sparse_semi_structured`` cannot serve this weight, or None when it can.
+
+    ``cuda_capability`` defaults to the weight's GPU; tests pass it to exercise the decision without a GPU.
+    """
+    if (pattern.n, pattern.m) != (2, 4):
+        return f"sparse tensor cores run only 2:4, not {pattern}"
+    if not weight.is_cuda and cuda_capability is None:
+        return f"the weight is on {weight.device.type}, and sparse tensor cores need a CUDA GPU"
+    capability = cuda_capability or torch.cuda.get_device_capability(weight.device)
+    if capability < (8, 0):
+        return f"GPU compute capability {capability[0]}.{capability[1]} < 8.0 has no sparse tensor cores"
+    if weight.dtype not in SEMI_STRUCTURED_DTYPES:
+        return f"dtype {weight.dtype} is not one of fp16/bf16/int8 (train or cast with precision 16/bf16)"
+    constraints = _semi_structured_class()._DTYPE_SHAPE_CONSTRAINTS.get(weight.dtype)
+    if constraints is None:
+        return f"this PyTorch's semi-structured backend does not take {weight.dtype}"
+    rows, cols = weight.shape
+    min_rows, min_cols = constraints.sparse_min_rows, constraints.sparse_min_cols
+    if rows < min_rows or rows % min_rows or cols < min_cols or cols % min_cols:
+        return f"shape {rows}x{cols} is not a multiple of the kernel's minimum {min_rows}x{min_cols}"
+    return None
+
+
+def _semi_structured_class() -> type:
+    from torch.sparse import SparseSemiStructuredTensorCUSPARSELT, SparseSemiStructuredTensorCUTLASS
+
+    if torch.backends.cusparselt.is_available():
+        return SparseSemiStructuredTensorCUSPARSELT
+    return SparseSemiStructuredTensorCUTLASS
+
+
+def select_backend(
+    requested: str, weight: torch.Tensor, pattern: NxMPattern, strict: bool = False,
+    cuda_capability: tuple[int, int] | None = None,
+) -> str:  # fmt: skip
+    """The backend that will serve ``weight``: ``requested`` when usable, else ``masked`` (warning, or error if strict)."""
+    check_backend_name(requested)
+    if requested in ("masked", "packed"):
+        return requested
+    reason = semi_structured_unavailable_reason(weight, pattern, cuda_capability)
+    if reason is None:
+        return "semi_structured"
+    if requested == "auto":
+        return "masked"
+    message = f"Backend 'semi_structured' unavailable: {reason}."
+    if strict:
+        raise RuntimeError(message + " Use backend 'auto' or 'masked', or set strict: false to fall back.")
+    warnings.warn(message + " Falling back to 'masked'.", stacklevel=2)
+    return "masked"
+
+
+def _index_bits(m: int) -> int:
+    """Bits per in-group position, rounded up to a power of two that divides a byte (1, 2, 4 or 8)."""
+    if m > 256:
+        raise ValueError(f"packed storage supports M <= 256, got M={m}")
+    return 1 << math.ceil(math.log2(max(1, math.ceil(math.log2(m)))))
+
+
+def pack_nxm(weight: torch.Tensor, pattern: NxMPattern) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(values [out, in*N/M], positions packed into uint8)`` of an N:M weight; raises if it is not N:M."""
+    n, m = pattern.n, pattern.m
+    violation = first_violation(weight, n, m)
+    if violation is not None:
+        row, col, count = violation
+        raise ValueError(f"Weight is not {pattern}: row {row}, columns {col}..{col + m - 1} hold {count} non-zeros.")
+    mask = nxm_mask(weight, n, m).reshape(-1, m)
+    positions = mask.nonzero()[:, 1].reshape(-1, n)  # row-major nonzero: each group's kept positions in order
+    values = weight.detach().reshape(-1, m).gather(1, positions).reshape(weight.shape[0], -1)
+    bits = _index_bits(m)
+    per_byte = 8 // bits
+    flat = positions.reshape(-1).to(torch.uint8)
+    flat = F.pad(flat, (0, (-flat.numel()) % per_byte)).reshape(-1, per_byte)
+    shifts = torch.arange(per_byte, dtype=torch.uint8, device=flat.device) * bits
+    packed = (flat << shifts).sum(dim=1, dtype=torch.uint8)
+    return values.contiguous(), packed
+
+
+def unpack_nxm(values: torch.Tensor, packed: torch.Tensor, pattern: NxMPattern, in_features: int) -> torch.Tensor:
+    """The dense N:M weight ``[out, in_features]`` back from :func:`pack_nxm`'s output."""
+    n, m = pattern.n, pattern.m
+    bits = _index_bits(m)
+    per_byte = 8 // bits
+    shifts = torch.arange(per_byte, dtype=torch.uint8, device=packed.device) * bits
+    positions = ((packed.unsqueeze(1) >> shifts) & ((1 << bits) - 1)).reshape(-1)[: values.numel()]
+    dense = torch.zeros(values.shape[0] * in_features // m, m, dtype=values.dtype, device=values.device)
+    dense.scatter_(1, positions.reshape(-1, n).long(), values.reshape(-1, n))
+    return dense.reshape(values.shape[0], in_features)
+
+
+class NxMLinear(nn.Module):
+    """A Linear layer whose weight is N:M sparse, computed by one of :data:`BACKENDS`.
+
+    Build it from a pruned ``nn.Linear`` with :meth:`from_linear`; :meth:`dense_weight` gives the weight back with
+    exact zeros whatever the backend (for export and verification).
+    """
+
+    def __init__(self, in_features: int, out_features: int, pattern: NxMPattern, backend: str) -> None:
+        super().__init__()
+        self.in_features, self.out_features = in_features, out_features
+        self.pattern = pattern
+        self.backend = backend
+
+    @classmethod
+    def from_linear(
+        cls, linear: nn.Linear, pattern: NxMPattern, backend: str = "auto", strict: bool = False
+    ) -> NxMLinear:
+        weight = linear.weight.detach()
+        chosen = select_backend(backend, weight, pattern, strict=strict)
+        module = cls(linear.in_features, linear.out_features, pattern, chosen)
+        module.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        if chosen == "packed":
+            values, positions = pack_nxm(weight, pattern)
+            module.register_buffer("values", values)
+            module.register_buffer("positions", positions)
+        elif chosen == "semi_structured":
+            sparse = _semi_structured_class().from_dense(weight.contiguous())
+            module.weight = nn.Parameter(sparse, requires_grad=False)
+        else:
+            if not bool((weight == weight * nxm_mask(weight, pattern.n, pattern.m)).all()):
+                raise ValueError(f"Weight is not {pattern}-sparse; prune it before building an NxMLinear.")
+            module.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        return module
+
+    def dense_weight(self) -> torch.Tensor:
+        if self.backend == "packed":
+            return unpack_nxm(self.values, self.positions, self.pattern, self.in_features)
+        if self.backend == "semi_structured":
+            return self.weight.to_dense()
+        return self.weight
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.backend == "semi_structured":
+            return F.linear(x, self.weight, self.bias)
+        return F.linear(x, self.dense_weight().to(x.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, pattern={self.pattern}, backend={self.backend}"
+
+
+def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
+    """Put ``new`` at the dotted path ``name`` inside ``root``."""
+    parent_name, _, child = name.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, new)

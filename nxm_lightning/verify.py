@@ -1,0 +1,83 @@
+"""Check N:M compliance of an exported model folder: ``python -m nxm_lightning.verify DIR``.
+
+Exit status 0: every layer listed in ``sparsity.json`` satisfies its pattern; 1: a violation (the layer and its first
+bad group are printed); 2: the folder is not an nxm-lightning export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from nxm_lightning.export import MANIFEST, describe_violation
+from nxm_lightning.nxm import NxMPattern, first_violation
+
+
+class VerifyError(Exception):
+    """The folder cannot be verified (missing or unreadable files)."""
+
+
+def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    files = sorted(directory.glob("*.safetensors"))
+    if files:
+        weights: dict[str, torch.Tensor] = {}
+        for file in files:
+            weights.update(load_file(str(file)))
+        return weights
+    binary = directory / "pytorch_model.bin"
+    if binary.is_file():
+        return torch.load(binary, map_location="cpu", weights_only=True)
+    raise VerifyError(
+        f"No weights in {directory}: expected *.safetensors or pytorch_model.bin (save_pretrained output)."
+    )
+
+
+def verify(directory: str | Path) -> list[str]:
+    """The violations found (empty when compliant); raises VerifyError when the folder cannot be checked."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise VerifyError(f"{directory} is not a directory. Pass the export_dir written by HardPruneCallback.")
+    manifest_path = directory / MANIFEST
+    if not manifest_path.is_file():
+        raise VerifyError(f"{manifest_path} not found: this folder was not exported by nxm-lightning (no manifest).")
+    try:
+        layers = json.loads(manifest_path.read_text())["layers"]
+    except (json.JSONDecodeError, KeyError) as err:
+        raise VerifyError(f"{manifest_path} is not a valid manifest ({err}).") from None
+    weights = load_weights(directory)
+    problems = []
+    for name, entry in layers.items():
+        if name not in weights:
+            problems.append(f"layer {name!r} is listed in {MANIFEST} but missing from the weights")
+            continue
+        pattern = NxMPattern.parse(entry["pattern"])
+        violation = first_violation(weights[name], pattern.n, pattern.m)
+        if violation is not None:
+            problems.append(describe_violation(name, pattern, violation))
+    return problems
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m nxm_lightning.verify", description=__doc__.splitlines()[0])
+    parser.add_argument("directory", help="an export folder holding sparsity.json and the weights")
+    args = parser.parse_args(argv)
+    try:
+        problems = verify(args.directory)
+    except VerifyError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if problems:
+        for problem in problems:
+            print(f"VIOLATION: {problem}", file=sys.stderr)
+        return 1
+    print(f"OK: every layer in {Path(args.directory) / MANIFEST} satisfies its N:M pattern.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
