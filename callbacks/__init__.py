@@ -2,5 +2,6 @@
 
 from callbacks.hard_prune import HardPruneCallback
 from callbacks.nxm_sparsify import NxMSparsifyCallback
+from callbacks.save_pretrained import SavePretrainedCallback
 
-__all__ = ["HardPruneCallback", "NxMSparsifyCallback"]
+__all__ = ["HardPruneCallback", "NxMSparsifyCallback", "SavePretrainedCallback"]

@@ -125,9 +125,7 @@ class HardPruneCallback(Callback):
         if self.pruned:
             return
         evaluate = getattr(pl_module, "evaluate_score", None)
-        can_score = (
-            self.score_at_prune and callable(evaluate) and bool(trainer.val_dataloaders or _val_loaders(trainer))
-        )
+        can_score = self.score_at_prune and callable(evaluate) and bool(trainer.val_dataloaders or _val_loaders(trainer))
         metrics: dict[str, float] = {}
         if can_score:
             metrics["prune/score_before"] = float(evaluate(_val_loaders(trainer)))
@@ -170,9 +168,7 @@ class HardPruneCallback(Callback):
         if self.at_epoch is not None and trainer.current_epoch >= self.at_epoch:
             self._prune(trainer, pl_module, f"the start of epoch {trainer.current_epoch}")
 
-    def on_train_batch_start(
-        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.at_step is not None and trainer.global_step >= self.at_step:
             self._prune(trainer, pl_module, f"step {trainer.global_step}")
 
@@ -205,9 +201,7 @@ class HardPruneCallback(Callback):
     def export(self, pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> None:
         """Write the pruned model to ``export_dir`` (rank zero only): HF folder + tokenizer + sparsity.json."""
         if not self.pruned:
-            raise RuntimeError(
-                "Nothing to export: the model has not been pruned yet (HardPruneCallback prunes during fit)."
-            )
+            raise RuntimeError("Nothing to export: the model has not been pruned yet (HardPruneCallback prunes during fit).")
         if trainer is not None and not trainer.is_global_zero:
             return
         hf_model = getattr(pl_module, "model", None)
@@ -220,9 +214,7 @@ class HardPruneCallback(Callback):
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
         path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir)
-        rank_zero_info(
-            f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.verify {path})"
-        )
+        rank_zero_info(f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.verify {path})")
 
     def route(self, pl_module: pl.LightningModule) -> None:
         """Replace each pruned nn.Linear with an NxMLinear served by ``backend``."""
@@ -235,9 +227,7 @@ class HardPruneCallback(Callback):
             replace_module(pl_module, t.name, sparse)
             chosen.add(sparse.backend)
         if chosen:
-            rank_zero_info(
-                f"HardPruneCallback: {len(self.targets)} layers served by backend {', '.join(sorted(chosen))}."
-            )
+            rank_zero_info(f"HardPruneCallback: {len(self.targets)} layers served by backend {', '.join(sorted(chosen))}.")
 
     # ---- validate / test / predict from a pruned checkpoint -----------------------------------------------------
 

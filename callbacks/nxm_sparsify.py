@@ -73,9 +73,7 @@ class NxMSparsifyCallback(Callback):
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every={update_every} must be >= 1 (optimizer steps), or null for once per epoch.")
         ends = {
-            k: v
-            for k, v in (("end_epoch", end_epoch), ("end_step", end_step), ("end_fraction", end_fraction))
-            if v is not None
+            k: v for k, v in (("end_epoch", end_epoch), ("end_step", end_step), ("end_fraction", end_fraction)) if v is not None
         }
         if len(ends) > 1:
             raise ValueError(f"Set at most one of end_epoch, end_step, end_fraction; got {ends}.")

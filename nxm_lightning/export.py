@@ -45,27 +45,33 @@ def describe_violation(name: str, pattern: NxMPattern, violation: tuple[int, int
     )
 
 
-def export_pretrained(
-    model: Any, tokenizer: Any, patterns: dict[str, NxMPattern], export_dir: str | os.PathLike
-) -> Path:
+def export_pretrained(model: Any, tokenizer: Any, patterns: dict[str, NxMPattern], export_dir: str | os.PathLike) -> Path:
     """Write ``model`` (a transformers PreTrainedModel), ``tokenizer`` and ``sparsity.json`` to ``export_dir``.
 
     ``patterns`` maps state-dict keys of ``model`` (e.g. ``bert.encoder.layer.0.attention.self.query.weight``) to
     their N:M pattern.
     """
-    target = Path(export_dir).expanduser().resolve()
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     unknown = sorted(set(patterns) - set(state))
     if unknown:
         raise ValueError(f"Cannot export: pruned layers {unknown[:3]} are not in the model's state dict.")
     manifest = sparsity_manifest(state, patterns)
+    return save_pretrained_atomic(model, tokenizer, export_dir, extra_files={MANIFEST: json.dumps(manifest, indent=2) + "\n"})
+
+
+def save_pretrained_atomic(
+    model: Any, tokenizer: Any, export_dir: str | os.PathLike, extra_files: dict[str, str] | None = None
+) -> Path:
+    """``save_pretrained`` of model and tokenizer into a staging folder, moved into place only once complete."""
+    target = Path(export_dir).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
     try:
         model.save_pretrained(staging)
         if tokenizer is not None:
             tokenizer.save_pretrained(staging)
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+        for name, text in (extra_files or {}).items():
+            (staging / name).write_text(text)
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{target.name}.old-", dir=target.parent))
             os.replace(target, old / "export")

@@ -1,0 +1,92 @@
+"""Shared fixtures: tiny random BERTs (seconds per test), the real GLUE files, and toy Lightning modules."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+
+from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
+
+REPO = Path(__file__).resolve().parents[1]
+GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    if not (GLUE_DIR / "STS-B" / "train.tsv").is_file():
+        pytest.skip(f"GLUE files not found under {GLUE_DIR}; set GLUE_DIR")
+    return GLUE_DIR
+
+
+def save_tiny_bert(path: Path, num_labels: int = 1, hidden: int = 32, layers: int = 2) -> Path:
+    """A randomly initialised 2-layer BERT with MiniLM's tokenizer, saved as a Hugging Face folder."""
+    torch.manual_seed(0)
+    config = BertConfig(
+        vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=num_labels,
+    )  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    AutoTokenizer.from_pretrained(resolve_model_name(DEFAULT_MODEL)).save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture(scope="session")
+def tiny_bert_2labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return save_tiny_bert(tmp_path_factory.mktemp("tiny_bert2"), num_labels=2)
+
+
+class ToyModule(pl.LightningModule):
+    """A plain nn.Module regression model (no Hugging Face), to show the callbacks work on any LightningModule."""
+
+    def __init__(self, lr: float = 1e-2) -> None:
+        super().__init__()
+        self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 1))
+        self.lr = lr
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        return nn.functional.mse_loss(self.net(x).squeeze(-1), y)
+
+    def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
+        x, y = batch
+        self.log("val/score", -nn.functional.mse_loss(self.net(x).squeeze(-1), y))
+
+    def configure_optimizers(self) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.1)
+
+
+def toy_loader(n: int = 64, seed: int = 0) -> DataLoader:
+    generator = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 16, generator=generator)
+    y = x[:, :4].sum(-1) + 0.1 * torch.randn(n, generator=generator)
+    return DataLoader(TensorDataset(x, y), batch_size=8)
+
+
+def toy_trainer(tmp_path: Path, callbacks: list, **kwargs: object) -> pl.Trainer:
+    defaults = dict(
+        default_root_dir=tmp_path, accelerator="cpu", devices=1, logger=False, enable_progress_bar=False,
+        enable_model_summary=False, max_epochs=2, num_sanity_val_steps=0,
+    )  # fmt: skip
+    defaults.update(kwargs)
+    return pl.Trainer(callbacks=callbacks, **defaults)

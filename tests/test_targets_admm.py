@@ -1,0 +1,149 @@
+"""Target selection and the ADMM state (pure PyTorch, no Lightning)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from nxm_lightning.admm import ADMMState
+from nxm_lightning.nxm import NxMPattern, is_nxm, nxm_project
+from nxm_lightning.targets import describe_targets, select_targets
+
+BERT_LAYER_KINDS = {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"}
+
+
+def test_default_targets_are_the_encoder_linears(tiny_bert: Path) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    names = [t.name for t in select_targets(model)]
+    assert len(names) == 2 * 6
+    assert all(".encoder.layer." in n for n in names)
+    assert not any("classifier" in n or "pooler" in n for n in names)
+    assert {n.split(".", 4)[-1].split(".", 1)[-1] for n in names} >= {"self.query", "self.key", "self.value"}
+    table = describe_targets(model, select_targets(model))
+    assert "12 layers" in table and "% of all" in table
+
+
+def test_teacher_and_heads_are_never_targeted(tiny_bert: Path) -> None:
+    wrapper = nn.Module()
+    wrapper.student = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    wrapper.teacher = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    names = [t.name for t in select_targets(wrapper, include=[r"."])]
+    assert names and all(n.startswith("student.") for n in names)
+    assert not any("classifier" in n or "pooler" in n for n in names)
+
+
+def test_pattern_overrides_and_excludes(tiny_bert: Path) -> None:
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    targets = select_targets(model, pattern="2:4", exclude=["value"], pattern_overrides={"intermediate|output.dense": "1:4"})
+    patterns = {t.name: t.pattern for t in targets}
+    assert not any("value" in n for n in patterns)
+    assert patterns["bert.encoder.layer.0.intermediate.dense"] == NxMPattern(1, 4)
+    assert patterns["bert.encoder.layer.0.attention.self.query"] == NxMPattern(2, 4)
+
+
+def test_layer_width_not_multiple_of_m_warns_or_errors() -> None:
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(6, 8))
+    with pytest.warns(UserWarning, match="in_features=6"):
+        assert [t.name for t in select_targets(model, include=[r"\d"])] == ["0"]
+    with pytest.raises(ValueError, match="in_features=6"):
+        select_targets(model, include=[r"\d"], strict=True)
+
+
+def test_no_match_lists_candidates() -> None:
+    model = nn.Sequential(nn.Linear(8, 8))
+    with pytest.raises(ValueError, match=r"Candidate nn.Linear names: 0"):
+        select_targets(model, include=["nothing_like_this"])
+    with pytest.raises(ValueError, match="Invalid regular expression"):
+        select_targets(model, include=["("])
+
+
+def _toy_targets() -> tuple[nn.Module, list]:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(16, 8), nn.Linear(8, 4))
+    return model, select_targets(model, "2:4", include=[r"\d"])
+
+
+def test_z_step_is_projection_and_u_integrates_the_violation() -> None:
+    model, targets = _toy_targets()
+    admm = ADMMState(targets, rho=0.1)
+    admm.initialize()
+    assert all(torch.equal(admm.z[t.name], nxm_project(t.module.weight.detach(), 2, 4)) for t in targets)
+    with torch.no_grad():
+        for t in targets:
+            t.module.weight.add_(0.05)
+    w0 = {t.name: t.module.weight.detach().clone() for t in targets}
+    u0 = {k: v.clone() for k, v in admm.u.items()}
+    stats = admm.z_step()
+    for t in targets:
+        expected_z = nxm_project(w0[t.name] + u0[t.name], 2, 4)
+        assert torch.equal(admm.z[t.name], expected_z)
+        assert torch.allclose(admm.u[t.name], u0[t.name] + w0[t.name] - expected_z)
+        assert is_nxm(admm.z[t.name], 2, 4)
+    assert 0 < stats.primal_residual < 1 and 0 <= stats.mask_flip_rate <= 1 and stats.dual_residual > 0
+
+
+def test_penalty_gradient_equals_autograd_of_penalty_value() -> None:
+    model, targets = _toy_targets()
+    admm = ADMMState(targets, rho=0.3)
+    admm.initialize()
+    admm.u = {k: torch.randn_like(v) for k, v in admm.u.items()}
+    admm.penalty_value().backward()
+    autograd = [t.module.weight.grad.clone() for t in targets]
+    for t in targets:
+        t.module.weight.grad.zero_()
+    admm.add_penalty_grad()
+    for t, expected in zip(targets, autograd):
+        assert torch.allclose(t.module.weight.grad, expected, atol=1e-6)
+
+
+def test_decoupled_pull_drives_weights_to_nxm() -> None:
+    model, targets = _toy_targets()
+    admm = ADMMState(targets, rho=0.2, penalty="decoupled")
+    admm.initialize()
+    residuals = []
+    for step in range(200):
+        admm.apply_decoupled_pull()
+        if step % 10 == 9:
+            residuals.append(admm.z_step().primal_residual)
+    assert residuals[-1] < 1e-6 < residuals[0]
+
+
+def test_rho_schedule_rescales_u_and_caps() -> None:
+    model, targets = _toy_targets()
+    admm = ADMMState(targets, rho=0.01, rho_factor=2.0, rho_max=0.03)
+    admm.initialize()
+    admm.z_step()
+    assert admm.rho == pytest.approx(0.02)
+    admm.z_step()
+    assert admm.rho == pytest.approx(0.03)
+
+
+def test_bad_rho_values() -> None:
+    with pytest.raises(ValueError, match="rho"):
+        ADMMState([], rho=0.0)
+    with pytest.raises(ValueError, match="decoupled"):
+        ADMMState([], rho=1.5, penalty="decoupled")
+    with pytest.raises(ValueError, match="rho_factor"):
+        ADMMState([], rho=0.1, rho_factor=0.5)
+    with pytest.raises(ValueError, match="penalty"):
+        ADMMState([], rho=0.1, penalty="sideways")  # type: ignore[arg-type]
+
+
+def test_state_roundtrip_and_mismatch() -> None:
+    model, targets = _toy_targets()
+    admm = ADMMState(targets, rho=0.1)
+    admm.initialize()
+    admm.z_step()
+    state = admm.state_dict()
+    restored = ADMMState(targets, rho=0.5)
+    restored.load_state_dict(state)
+    assert restored.rho == admm.rho and restored.zstep_count == 1
+    assert all(torch.equal(restored.u[k], admm.u[k]) for k in admm.u)
+    other_model = nn.Sequential(nn.Linear(16, 12), nn.Linear(12, 4))
+    other = ADMMState(select_targets(other_model, "2:4", include=[r"\d"]), rho=0.1)
+    with pytest.raises(ValueError, match=r"another model or N:M pattern.*shape or pattern differs: 0"):
+        other.load_state_dict(state)
