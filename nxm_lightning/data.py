@@ -125,7 +125,8 @@ class GLUEDataModule(pl.LightningDataModule):
         dataset = dataset.select_columns(wanted)
         dataset = dataset.rename_columns(dict(zip(self.task.local_text_columns, self.task.text_columns)))
         if labeled:
-            dataset = dataset.rename_column(self.task.local_label_column, "label")
+            if self.task.local_label_column != "label":
+                dataset = dataset.rename_column(self.task.local_label_column, "label")
             dataset = dataset.map(
                 _LabelParser(self.task, str(path)), batched=True, with_indices=True, desc=f"labels of {path.name}"
             )
@@ -145,10 +146,7 @@ class GLUEDataModule(pl.LightningDataModule):
             "test": [self.task.hub_test_split],
         }
         try:
-            loaded = [
-                datasets.load_dataset(HUB_DATASET, self.task.name, split=s, cache_dir=self.cache_dir)
-                for s in names[split]
-            ]
+            loaded = [datasets.load_dataset(HUB_DATASET, self.task.name, split=s, cache_dir=self.cache_dir) for s in names[split]]
         except Exception as err:
             raise RuntimeError(
                 f"Could not load {HUB_DATASET}/{self.task.name} from the Hub ({type(err).__name__}: {err}). Offline, "

@@ -49,9 +49,7 @@ class SequenceClassificationModule(pl.LightningModule):
         self.task = get_task(task_name)
         num_labels = num_labels or self.task.num_labels
         if num_labels != self.task.num_labels:
-            raise ValueError(
-                f"num_labels={num_labels} does not fit task {self.task.name!r}, which has {self.task.num_labels}."
-            )
+            raise ValueError(f"num_labels={num_labels} does not fit task {self.task.name!r}, which has {self.task.num_labels}.")
         if not 0 <= warmup_ratio < 1:
             raise ValueError(f"warmup_ratio={warmup_ratio} must be in [0, 1).")
         self.model = self._build_model(model_name_or_path, num_labels, trust_remote_code)
@@ -60,11 +58,17 @@ class SequenceClassificationModule(pl.LightningModule):
         self.val_metrics = nn.ModuleList([glue_metrics(self.task) for _ in suffixes])
 
     def _build_model(self, name: str, num_labels: int, trust_remote_code: bool) -> nn.Module:
-        config = load_pretrained(AutoConfig, name, num_labels=num_labels, trust_remote_code=trust_remote_code)
+        labels = list(self.task.label_names) or ["score"]
+        config = load_pretrained(
+            AutoConfig, name, num_labels=num_labels, trust_remote_code=trust_remote_code,
+            id2label=dict(enumerate(labels)), label2id={label: i for i, label in enumerate(labels)},
+        )  # fmt: skip
         config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+        # A checkpoint fine-tuned for another task has a head of another size: it is re-initialised (transformers warns).
         model = load_pretrained(
-            AutoModelForSequenceClassification, name, config=config, trust_remote_code=trust_remote_code
-        )
+            AutoModelForSequenceClassification, name, config=config, trust_remote_code=trust_remote_code,
+            ignore_mismatched_sizes=True,
+        )  # fmt: skip
         # from_pretrained returns eval mode, and Lightning keeps submodule modes: without this, no dropout in fit.
         return model.train()
 

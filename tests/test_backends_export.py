@@ -1,0 +1,160 @@
+"""Sparse backends (selection and fallback on CPU, equality with masked), export and verify."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForSequenceClassification
+
+from nxm_lightning.export import export_pretrained
+from nxm_lightning.nxm import NxMPattern, nxm_project
+from nxm_lightning.sparse_linear import NxMLinear, pack_nxm, select_backend, semi_structured_unavailable_reason, unpack_nxm
+from nxm_lightning.targets import select_targets
+from nxm_lightning.verify import VerifyError, verify
+
+REPO = Path(__file__).resolve().parents[1]
+P24 = NxMPattern(2, 4)
+
+
+def pruned_linear(in_features: int = 64, out_features: int = 32, pattern: NxMPattern = P24, dtype=torch.float32) -> nn.Linear:
+    torch.manual_seed(0)
+    linear = nn.Linear(in_features, out_features).to(dtype)
+    with torch.no_grad():
+        linear.weight.copy_(nxm_project(linear.weight, pattern.n, pattern.m))
+    return linear
+
+
+@pytest.mark.parametrize("pattern", [NxMPattern(2, 4), NxMPattern(1, 4), NxMPattern(4, 8), NxMPattern(1, 2), NxMPattern(3, 16)])
+def test_pack_unpack_roundtrip(pattern: NxMPattern) -> None:
+    linear = pruned_linear(pattern=pattern)
+    values, positions = pack_nxm(linear.weight, pattern)
+    assert values.shape == (32, 64 * pattern.n // pattern.m)
+    assert torch.equal(unpack_nxm(values, positions, pattern, 64), linear.weight.detach())
+
+
+def test_packed_bytes_for_2_4() -> None:
+    linear = pruned_linear(384, 384)
+    values, positions = pack_nxm(linear.weight, P24)
+    ratio = (values.numel() * values.element_size() + positions.numel()) / (linear.weight.numel() * 4)
+    assert ratio == pytest.approx(0.5 + 2 / 8 / 2 / 4)  # half the fp32 values + 2 bits per kept value = 0.53125
+
+
+@pytest.mark.parametrize("backend", ["masked", "packed", "auto"])
+def test_backends_match_masked(backend: str) -> None:
+    linear = pruned_linear()
+    x = torch.randn(3, 5, 64)
+    reference = nn.functional.linear(x, linear.weight, linear.bias)
+    sparse = NxMLinear.from_linear(linear, P24, backend)
+    assert torch.allclose(sparse(x), reference, atol=1e-5)
+    assert torch.equal(sparse.dense_weight(), linear.weight.detach())
+
+
+def test_auto_on_cpu_is_masked_and_semi_structured_falls_back() -> None:
+    linear = pruned_linear()
+    assert NxMLinear.from_linear(linear, P24, "auto").backend == "masked"
+    with pytest.warns(UserWarning, match="unavailable: the weight is on cpu"):
+        assert NxMLinear.from_linear(linear, P24, "semi_structured").backend == "masked"
+    with pytest.raises(RuntimeError, match="unavailable: the weight is on cpu"):
+        NxMLinear.from_linear(linear, P24, "semi_structured", strict=True)
+
+
+@pytest.mark.parametrize(
+    ("capability", "dtype", "shape", "pattern", "reason"),
+    [
+        ((8, 0), torch.float16, (64, 64), NxMPattern(1, 4), "only 2:4"),
+        ((7, 5), torch.float16, (64, 64), P24, "compute capability 7.5"),
+        ((8, 0), torch.float32, (64, 64), P24, "not one of fp16/bf16/int8"),
+        ((8, 6), torch.float16, (40, 64), P24, "not a multiple"),
+        ((9, 0), torch.bfloat16, (64, 128), P24, None),
+    ],
+)
+def test_semi_structured_decision(capability, dtype, shape, pattern, reason) -> None:  # noqa: ANN001
+    weight = torch.zeros(shape, dtype=dtype)
+    found = semi_structured_unavailable_reason(weight, pattern, cuda_capability=capability)
+    if reason is None:
+        assert found is None
+        assert select_backend("auto", weight, pattern, cuda_capability=capability) == "semi_structured"
+    else:
+        assert reason in found
+        assert select_backend("auto", weight, pattern, cuda_capability=capability) == "masked"
+
+
+def test_unknown_backend_and_non_nxm_weight() -> None:
+    with pytest.raises(ValueError, match="Valid backends"):
+        NxMLinear.from_linear(pruned_linear(), P24, "turbo")
+    with pytest.raises(ValueError, match="not 2:4"):
+        NxMLinear.from_linear(nn.Linear(8, 4), P24, "masked")
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_semi_structured_matches_masked_on_gpu(dtype: torch.dtype) -> None:
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("no sparse tensor cores")
+    linear = pruned_linear(256, 128).to("cuda", dtype)
+    x = torch.randn(64, 256, device="cuda", dtype=dtype)
+    sparse = NxMLinear.from_linear(linear, P24, "semi_structured", strict=True)
+    assert sparse.backend == "semi_structured"
+    assert torch.allclose(sparse(x), nn.functional.linear(x, linear.weight, linear.bias), atol=2e-2, rtol=2e-2)
+
+
+def _pruned_hf(tiny_bert: Path) -> tuple[nn.Module, dict[str, NxMPattern]]:
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    targets = select_targets(model)
+    with torch.no_grad():
+        for t in targets:
+            t.module.weight.copy_(nxm_project(t.module.weight, 2, 4))
+    return model, {f"{t.name}.weight": t.pattern for t in targets}
+
+
+def test_export_loads_in_plain_transformers_and_verifies(tmp_path: Path, tiny_bert: Path) -> None:
+    model, patterns = _pruned_hf(tiny_bert)
+    out = export_pretrained(model, None, patterns, tmp_path / "export")
+    manifest = json.loads((out / "sparsity.json").read_text())
+    assert manifest["overall_density"] == pytest.approx(0.5)
+    assert verify(out) == []
+    reloaded = AutoModelForSequenceClassification.from_pretrained(out)
+    ids = torch.randint(0, 1000, (2, 7))
+    model.eval()
+    assert torch.allclose(reloaded(input_ids=ids).logits, model(input_ids=ids).logits, atol=1e-6)
+    assert not list(tmp_path.glob(".export.partial-*"))  # staging folder gone
+
+
+def test_verify_names_layer_and_first_bad_group(tmp_path: Path, tiny_bert: Path) -> None:
+    model, patterns = _pruned_hf(tiny_bert)
+    out = export_pretrained(model, None, patterns, tmp_path / "export")
+    weights = load_file(str(out / "model.safetensors"))
+    name = "bert.encoder.layer.1.intermediate.dense.weight"
+    weights[name][3, 4:8] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
+    problems = verify(out)
+    assert len(problems) == 1 and name in problems[0] and "row 3, input columns 4..7" in problems[0]
+    result = subprocess.run([sys.executable, "-m", "nxm_lightning.verify", str(out)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 1 and "row 3, input columns 4..7" in result.stderr
+    result = subprocess.run(
+        [sys.executable, "-m", "nxm_lightning.verify", str(tmp_path)], capture_output=True, text=True, cwd=REPO
+    )
+    assert result.returncode == 2 and "sparsity.json" in result.stderr
+
+
+def test_export_refuses_violation_and_keeps_previous(tmp_path: Path, tiny_bert: Path) -> None:
+    model, patterns = _pruned_hf(tiny_bert)
+    out = export_pretrained(model, None, patterns, tmp_path / "export")
+    before = (out / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        model.bert.encoder.layer[0].attention.self.query.weight.fill_(1.0)
+    with pytest.raises(ValueError, match="Refusing to export: layer 'bert.encoder.layer.0.attention.self.query.weight'"):
+        export_pretrained(model, None, patterns, out)
+    assert (out / "model.safetensors").read_bytes() == before
+
+
+def test_verify_refuses_non_export(tmp_path: Path) -> None:
+    with pytest.raises(VerifyError, match="not a directory"):
+        verify(tmp_path / "missing")

@@ -1,0 +1,99 @@
+"""The command line end to end: LightningCLI fit/validate/test/predict with the configs in configs/."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+import cli
+from nxm_lightning.data import GLUEDataModule
+from nxm_lightning.module import SequenceClassificationModule
+from nxm_lightning.nxm import is_nxm
+from nxm_lightning.verify import verify
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args: str) -> cli.NxMLightningCLI:
+    return cli.main(list(args))
+
+
+def common_args(tmp_path: Path, glue_dir: Path, model: str, task: str = "stsb") -> list[str]:
+    return [
+        f"--model.init_args.model_name_or_path={model}", f"--data.task_name={task}", f"--data.data_dir={glue_dir}",
+        "--data.max_train_samples=32", "--data.max_eval_samples=32", "--data.max_seq_length=32", "--data.batch_size=8",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false",
+        "--trainer.accelerator=cpu",
+    ]  # fmt: skip
+
+
+def test_help_and_config_lookup(capsys: pytest.CaptureFixture[str]) -> None:
+    result = subprocess.run([sys.executable, "cli.py", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0 and all(cmd in result.stdout for cmd in ("fit", "validate", "test", "predict"))
+    assert cli.resolve_config_paths(["fit", "--config", "glue_dense.yaml"])[2] == str(cli.CONFIG_DIR / "glue_dense.yaml")
+    with pytest.raises(SystemExit, match="Available configs: .*glue.yaml"):
+        cli.resolve_config_paths(["fit", "--config=nope.yaml"])
+
+
+def test_configs_parse() -> None:
+    for config in sorted(cli.CONFIG_DIR.glob("*.yaml")):
+        parsed = yaml.safe_load(config.read_text())
+        assert parsed["model"]["class_path"].startswith("nxm_lightning."), config
+
+
+def test_dense_fit_then_validate_reproduces_best(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
+    args = common_args(tmp_path, glue_dir, str(tiny_bert))
+    fitted = run_cli("fit", "--config", "glue_dense.yaml", *args, "--trainer.max_epochs=2",
+                     f"--trainer.callbacks.init_args.export_dir={tmp_path / 'dense'}")  # fmt: skip
+    checkpoint = fitted.trainer.checkpoint_callback
+    assert checkpoint.best_model_path.endswith(".ckpt") and Path(checkpoint.last_model_path).is_file()
+    last = torch.load(checkpoint.last_model_path, map_location="cpu", weights_only=True)
+    assert last["global_step"] == fitted.trainer.global_step  # last.ckpt follows every epoch, improved or not
+    best = float(checkpoint.best_model_score)
+    validated = run_cli("validate", "--config", "glue_dense.yaml", *args, f"--ckpt_path={checkpoint.best_model_path}")
+    assert float(validated.trainer.callback_metrics["val/score"]) == pytest.approx(best, abs=1e-4)
+    assert (tmp_path / "dense" / "config.json").is_file() and (tmp_path / "dense" / "tokenizer.json").is_file()
+    tested = run_cli("test", "--config", "glue_dense.yaml", *args, f"--ckpt_path={checkpoint.best_model_path}")
+    assert float(tested.trainer.callback_metrics["val/score"]) == pytest.approx(best, abs=1e-4)
+
+
+def test_predict_returns_scores(tmp_path: Path, glue_dir: Path, tiny_bert_2labels: Path) -> None:
+    module = SequenceClassificationModule(str(tiny_bert_2labels), "rte")
+    dm = GLUEDataModule("rte", str(tiny_bert_2labels), data_dir=str(glue_dir), max_eval_samples=8, eval_batch_size=4)
+    dm.setup("predict")
+    batch = next(iter(dm.predict_dataloader()))
+    out = module.predict_step(batch, 0)
+    assert len(out["labels"]) == 4 and set(out["labels"]) <= {"entailment", "not_entailment"}
+
+
+@pytest.mark.slow
+def test_glue_yaml_pipeline_with_minilm(tmp_path: Path, glue_dir: Path) -> None:
+    """The main job on a few real examples: ADMM, hard prune, masked fine-tuning, export, verify, reload."""
+    export = tmp_path / "export"
+    args = [a for a in common_args(tmp_path, glue_dir, "sentence-transformers/all-MiniLM-L6-v2") if "model_name" not in a]
+    config = yaml.safe_load((cli.CONFIG_DIR / "glue.yaml").read_text())
+    sparsify, prune = config["trainer"]["callbacks"]
+    sparsify["init_args"]["update_every"] = 1  # 8 optimizer steps in all: a Z-step at each
+    prune["init_args"]["export_dir"] = str(export)
+    (tmp_path / "glue.yaml").write_text(yaml.safe_dump(config))
+    args = ["--config", str(tmp_path / "glue.yaml"), *args]  # a --config given later would override the others
+    fitted = run_cli("fit", *args, "--trainer.max_epochs=2")
+    module = fitted.model
+    sparse_layers = [m for m in module.modules() if type(m).__name__ == "NxMLinear"]
+    assert len(sparse_layers) == 36 and all(is_nxm(m.dense_weight(), 2, 4) for m in sparse_layers)
+    assert verify(export) == []
+    # plain transformers, the Lightning checkpoint and the in-memory model agree on the dev score
+    dm = GLUEDataModule("stsb", str(export), data_dir=str(glue_dir), max_eval_samples=32, max_seq_length=32)
+    dm.setup("validate")
+    exported_score = SequenceClassificationModule(str(export), "stsb").evaluate_score(dm.val_dataloader())
+    last = fitted.trainer.checkpoint_callback.last_model_path
+    validated = run_cli("validate", *args, f"--ckpt_path={last}")
+    assert float(validated.trainer.callback_metrics["val/score"]) == pytest.approx(exported_score, abs=1e-3)
+    checkpoint = torch.load(last, map_location="cpu", weights_only=True)
+    query = checkpoint["state_dict"]["model.bert.encoder.layer.0.attention.self.query.weight"]
+    assert is_nxm(query, 2, 4)

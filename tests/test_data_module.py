@@ -1,0 +1,137 @@
+"""GLUEDataModule and SequenceClassificationModule: real GLUE files, metrics, model loading, and bad input."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from transformers import AutoConfig, BertForSequenceClassification
+
+from nxm_lightning.data import GLUEDataModule
+from nxm_lightning.glue import GLUE_TASKS, get_task
+from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained, resolve_model_name
+from nxm_lightning.module import SequenceClassificationModule
+
+
+@pytest.mark.parametrize(
+    ("task", "num_labels", "labels"), [("stsb", 1, None), ("cola", 2, {0, 1}), ("rte", 2, {0, 1}), ("sst2", 2, {0, 1})]
+)
+def test_real_glue_files(glue_dir: Path, tiny_bert: Path, task: str, num_labels: int, labels: set | None) -> None:
+    dm = GLUEDataModule(task, str(tiny_bert), data_dir=str(glue_dir), max_train_samples=40, max_eval_samples=20, batch_size=8)
+    dm.setup("fit")
+    assert dm.num_labels == num_labels
+    assert len(dm.splits["train"]) == 40 and len(dm.splits["validation"][0]) == 20
+    batch = next(iter(dm.train_dataloader()))
+    assert set(batch) >= {"input_ids", "attention_mask", "labels"}
+    assert batch["input_ids"].shape[0] == 8
+    assert batch["input_ids"].shape[1] <= 128
+    if labels is None:
+        assert batch["labels"].dtype == torch.float32 and 0 <= float(batch["labels"].min()) <= 5
+    else:
+        assert set(batch["labels"].tolist()) <= labels
+
+
+def test_glue_dir_env_and_group_by_length(glue_dir: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GLUE_DIR", str(glue_dir))
+    dm = GLUEDataModule("rte", str(tiny_bert), max_train_samples=64, group_by_length=True, batch_size=16, max_seq_length=64)
+    dm.setup("fit")
+    lengths = [batch["input_ids"].shape[1] for batch in dm.train_dataloader()]
+    assert len(lengths) == 4 and max(lengths) <= 64
+
+
+def write_task(root: Path, directory: str, files: dict[str, str]) -> Path:
+    (root / directory).mkdir(parents=True)
+    for name, text in files.items():
+        (root / directory / name).write_text(text)
+    return root
+
+
+def test_mnli_has_matched_and_mismatched_validation(tmp_path: Path, tiny_bert: Path) -> None:
+    header = "index\tsentence1\tsentence2\tgold_label\n"
+    rows = "".join(
+        f"{i}\tA man {i} walks.\tSomeone moves.\t{lab}\n" for i, lab in enumerate(["entailment", "neutral", "contradiction"] * 4)
+    )
+    root = write_task(
+        tmp_path,
+        "MNLI",
+        {
+            "train.tsv": header + rows,
+            "dev_matched.tsv": header + rows,
+            "dev_mismatched.tsv": header + "".join(rows.splitlines(True)[:6]),
+        },
+    )
+    dm = GLUEDataModule("mnli", str(tiny_bert), data_dir=str(root), batch_size=4)
+    dm.setup("fit")
+    loaders = dm.val_dataloader()
+    assert isinstance(loaders, list) and len(loaders) == 2
+    assert dm.num_labels == 3
+    module = SequenceClassificationModule(str(tiny_bert), "mnli")
+    assert module.val_suffixes == ["_matched", "_mismatched"]
+    assert 0 <= module.evaluate_score(loaders) <= 100
+
+
+def test_unknown_task_lists_valid_ones() -> None:
+    with pytest.raises(ValueError, match="Valid task names: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli"):
+        get_task("imdb")
+    assert get_task("STS-B").name == "stsb" and len(GLUE_TASKS) == 9
+
+
+def test_missing_data_says_where_it_looked(tmp_path: Path, tiny_bert: Path) -> None:
+    dm = GLUEDataModule("cola", str(tiny_bert), data_dir=str(tmp_path))
+    with pytest.raises(FileNotFoundError, match=rf"looked for the folder {tmp_path}/CoLA.*GLUE_DIR"):
+        dm.setup("fit")
+
+
+def test_malformed_row_names_file_and_line(tmp_path: Path, tiny_bert: Path) -> None:
+    good = "sentence\tlabel\nfine film\t1\n"
+    root = write_task(tmp_path, "SST-2", {"train.tsv": good + "a\tb\t1\n", "dev.tsv": good})
+    with pytest.raises(ValueError, match=r"SST-2/train.tsv, line 3: 3 tab-separated fields, expected 2"):
+        GLUEDataModule("sst2", str(tiny_bert), data_dir=str(root)).setup("fit")
+
+
+def test_label_out_of_range_names_file_and_line(tmp_path: Path, tiny_bert: Path) -> None:
+    text = "index\tsentence1\tsentence2\tlabel\n0\ta\tb\tentailment\n1\tc\td\tmaybe\n"
+    root = write_task(tmp_path, "RTE", {"train.tsv": text, "dev.tsv": text})
+    with pytest.raises(ValueError, match=r"RTE/train.tsv, line 3: label 'maybe' is out of range.*'not_entailment'"):
+        GLUEDataModule("rte", str(tiny_bert), data_dir=str(root)).setup("fit")
+
+
+def test_labels_out_of_range_in_a_batch(tiny_bert_2labels: Path) -> None:
+    module = SequenceClassificationModule(str(tiny_bert_2labels), "sst2")
+    batch = {
+        "input_ids": torch.tensor([[101, 102]]),
+        "attention_mask": torch.ones(1, 2, dtype=torch.long),
+        "labels": torch.tensor([5]),
+    }
+    with pytest.raises(ValueError, match=r"Labels out of range for task 'sst2'.*expected 0..1"):
+        module.validation_step(batch, 0)
+
+
+def test_no_data_dir_goes_to_the_hub_and_explains_offline(tiny_bert: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("GLUE_DIR", raising=False)
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    dm = GLUEDataModule("wnli", str(tiny_bert), cache_dir="/nonexistent-cache-dir-for-test")
+    with pytest.raises(RuntimeError, match=r"Could not load nyu-mll/glue/wnli from the Hub.*GLUE_DIR"):
+        dm.setup("fit")
+
+
+def test_unresolvable_model_name(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(OSError, match=r"Cannot load model 'no-such-org/no-such-model'.*local directory"):
+        load_pretrained(AutoConfig, "no-such-org/no-such-model")
+
+
+@pytest.mark.slow
+def test_packaged_minilm_loads_with_only_the_classifier_new() -> None:
+    path = resolve_model_name(DEFAULT_MODEL)
+    assert Path(path).is_dir() and path != DEFAULT_MODEL
+    model, info = BertForSequenceClassification.from_pretrained(path, num_labels=1, output_loading_info=True)
+    assert sorted(info["missing_keys"]) == ["classifier.bias", "classifier.weight"]
+    assert sum(p.numel() for p in model.parameters()) == pytest.approx(22.7e6, rel=0.01)
+
+
+def test_module_rejects_wrong_num_labels(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="num_labels=3 does not fit task 'stsb'"):
+        SequenceClassificationModule(str(tiny_bert), "stsb", num_labels=3)

@@ -1,0 +1,307 @@
+"""DistillationModule: frozen teacher, KD loss, teacher-logit cache, checkpoints, and the 2:4 pipeline end to end."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import lightning.pytorch as pl
+import pytest
+import torch
+from conftest import REPO, toy_trainer
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from transformers import AutoModelForSequenceClassification as AutoClassifier
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
+
+import cli
+from callbacks import HardPruneCallback, NxMSparsifyCallback
+from nxm_lightning import DistillationModule, SequenceClassificationModule
+from nxm_lightning.distill import example_keys, kd_loss, weights_fingerprint
+from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
+from nxm_lightning.nxm import is_nxm
+from nxm_lightning.verify import verify
+
+
+def text_loader(tokenizer: Path, n: int = 16, batch_size: int = 4, regression: bool = True, shuffle: bool = False) -> DataLoader:
+    """Sentence pairs of varying length (so batches are padded differently), with STS-B-like or binary labels."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    rows = []
+    for i in range(n):
+        encoded = tokenizer(f"Sentence number {i} says" + " more" * (i % 5), f"A reply to {i}.", truncation=True, max_length=32)
+        rows.append({**encoded, "labels": float(i % 6) if regression else i % 2})
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def assert_same(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    assert a.keys() == b.keys()
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def save_bert(path: Path, vocab_size: int = 30522, hidden: int = 32, layers: int = 2, num_labels: int = 1) -> Path:
+    """A tiny random BERT with a non-default shape (conftest's save_tiny_bert covers the usual ones)."""
+    config = BertConfig(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+                        intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=num_labels)  # fmt: skip
+    BertForSequenceClassification(config).save_pretrained(path)
+    return path
+
+
+# ---- bad input --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"alpha": -0.1}, "alpha=-0.1 must be in"),
+        ({"alpha": 1.5}, "alpha=1.5 must be in"),
+        ({"temperature": 0.0}, "temperature=0.0 must be > 0"),
+        ({"temperature": -2.0}, "temperature=-2.0 must be > 0"),
+        ({"hidden_weight": -1.0}, "hidden_weight=-1.0 must be >= 0"),
+        ({"layer_map": {1: 1}}, "hidden_weight is 0"),
+        ({"student_init": "random"}, "student_init='random' is not valid"),
+        ({"cache_teacher_logits": True, "hidden_weight": 1.0}, "turn one of them off"),
+    ],
+)
+def test_bad_arguments(tiny_bert: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DistillationModule(str(tiny_bert), teacher=str(tiny_bert), **kwargs)
+
+
+def test_missing_teacher_path(tiny_bert: Path, tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="Teacher .*nowhere.* not found"):
+        DistillationModule(str(tiny_bert), teacher=str(tmp_path / "nowhere"))
+
+
+def test_teacher_with_other_num_labels(tiny_bert: Path, tiny_bert_2labels: Path) -> None:
+    with pytest.raises(ValueError, match="num_labels=2, but the student for task 'stsb' has 1"):
+        DistillationModule(str(tiny_bert), "stsb", teacher=str(tiny_bert_2labels))
+
+
+def test_teacher_with_other_vocabulary(tiny_bert: Path, tmp_path: Path) -> None:
+    teacher = save_bert(tmp_path / "teacher", vocab_size=1000)
+    for student_init in ("teacher", "pretrained"):
+        with pytest.raises(ValueError, match="vocabulary of 1000 tokens, but .* has 30522"):
+            DistillationModule(str(tiny_bert), teacher=str(teacher), student_init=student_init)
+
+
+def test_hidden_state_distillation_checks_shapes(tiny_bert: Path, tmp_path: Path) -> None:
+    hidden = {"student_init": "pretrained", "hidden_weight": 1.0}
+    deep = save_bert(tmp_path / "deep", layers=4)
+    with pytest.raises(ValueError, match="student has 2 layers and the teacher 4: give layer_map"):
+        DistillationModule(str(tiny_bert), teacher=str(deep), **hidden)
+    with pytest.raises(ValueError, match=r"entries \{3: 4\} are out of range"):
+        DistillationModule(str(tiny_bert), teacher=str(deep), layer_map={3: 4}, **hidden)
+    wide = save_bert(tmp_path / "wide", hidden=64)
+    with pytest.raises(ValueError, match="hidden size is 64 and the student's 32"):
+        DistillationModule(str(tiny_bert), teacher=str(wide), **hidden)
+    module = DistillationModule(str(tiny_bert), teacher=str(deep), layer_map={1: 2, 2: 4}, **hidden)
+    assert module.layer_map == {1: 2, 2: 4}
+
+
+# ---- the loss ---------------------------------------------------------------------------------------------------
+
+
+def test_kd_loss_equals_hand_computed_value() -> None:
+    # Teacher odds 3:1, student undecided, T = 2: p = softmax([ln 3 / 2, 0]) = [sqrt3, 1] / (sqrt3 + 1), q = [1/2, 1/2].
+    p = [math.sqrt(3) / (math.sqrt(3) + 1), 1 / (math.sqrt(3) + 1)]
+    expected = 4 * sum(pi * math.log(pi / 0.5) for pi in p)
+    assert expected == pytest.approx(0.145363, abs=1e-6)
+    teacher, student = torch.tensor([[math.log(3), 0.0]]), torch.zeros(1, 2)
+    assert float(kd_loss(student, teacher, 2.0, regression=False)) == pytest.approx(expected, rel=1e-6)
+    # batchmean: a batch of two identical examples has the same per-example loss; regression is the MSE of the scores.
+    assert float(kd_loss(student.repeat(2, 1), teacher.repeat(2, 1), 2.0, regression=False)) == pytest.approx(expected, rel=1e-6)
+    assert float(kd_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[2.0], [4.0]]), 2.0, regression=True)) == pytest.approx(2.5)
+
+
+def test_training_step_is_alpha_task_plus_kd(tiny_bert_2labels: Path) -> None:
+    torch.manual_seed(0)
+    module = DistillationModule(str(tiny_bert_2labels), "rte", teacher=str(tiny_bert_2labels), alpha=0.3, temperature=2.0)
+    with torch.no_grad():
+        module.model.classifier.bias.copy_(torch.tensor([1.0, -1.0]))  # a student that disagrees with its teacher
+    module.eval()  # no dropout: the hand computation below sees the same logits
+    batch = next(iter(text_loader(tiny_bert_2labels, regression=False)))
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = module.training_step(batch, 0)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        student, teacher = module.model(**inputs).logits, module.teacher(**inputs).logits
+    task = F.cross_entropy(student, batch["labels"])
+    p, log_q = F.softmax(teacher / 2, -1), F.log_softmax(student / 2, -1)
+    kl = (p * (p.log() - log_q)).sum() / len(p)
+    assert float(kl) > 0.01
+    assert float(loss) == pytest.approx(float(0.3 * task + 0.7 * 4 * kl), rel=1e-5)
+
+
+# ---- the teacher stays frozen -----------------------------------------------------------------------------------
+
+
+class TeacherWatch(Callback):
+    """After every backward pass: the teacher has no gradients and is in eval mode; the student has gradients."""
+
+    def __init__(self) -> None:
+        self.checked = 0
+
+    def on_after_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        assert all(p.grad is None and not p.requires_grad for p in pl_module.teacher.parameters())
+        assert not any(m.training for m in pl_module.teacher.modules())
+        assert pl_module.model.training and pl_module.model.classifier.weight.grad is not None
+        self.checked += 1
+
+
+def test_teacher_is_bit_identical_after_training_and_gets_no_gradient(tiny_bert: Path, tmp_path: Path) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), hidden_weight=1.0, learning_rate=1e-3)
+    teacher_before, student_before = state(module.teacher), state(module.model)
+    assert_same(teacher_before, student_before)  # student_init="teacher"
+    watch = TeacherWatch()
+    trainer = toy_trainer(tmp_path, [watch], max_epochs=2, enable_checkpointing=False)
+    trainer.fit(module, text_loader(tiny_bert, shuffle=True), text_loader(tiny_bert))
+    assert watch.checked == 8
+    assert_same(state(module.teacher), teacher_before)
+    assert not torch.equal(module.model.classifier.weight, student_before["classifier.weight"])
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in module.teacher.parameters()}
+    assert optimized == {id(p) for p in module.model.parameters()}
+
+
+def test_train_mode_never_reaches_the_teacher(tiny_bert: Path) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert)).train()
+    assert module.model.training and not any(m.training for m in module.teacher.modules())
+
+
+def test_sparsify_targets_only_student_layers(tiny_bert: Path, tmp_path: Path) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert))
+    sparsify = NxMSparsifyCallback("2:4")
+    sparsify.setup(toy_trainer(tmp_path, [sparsify]), module, "fit")
+    names = [t.name for t in sparsify.targets]
+    assert len(names) == 12  # 2 blocks x (query, key, value, attention output, intermediate, output)
+    assert all(name.startswith("model.bert.encoder.layer.") for name in names)
+
+
+def test_teacher_from_lightning_checkpoint(tiny_bert: Path, tmp_path: Path) -> None:
+    dense = SequenceClassificationModule(str(tiny_bert), learning_rate=1e-3)
+    trainer = toy_trainer(tmp_path, [], max_steps=2, enable_checkpointing=False)
+    trainer.fit(dense, text_loader(tiny_bert))
+    trainer.save_checkpoint(tmp_path / "dense.ckpt")
+    module = DistillationModule(str(tiny_bert), teacher=str(tmp_path / "dense.ckpt"))
+    assert_same(state(module.teacher), state(dense.model))
+    assert_same(state(module.model), state(dense.model))
+
+
+# ---- the teacher-logit cache ------------------------------------------------------------------------------------
+
+
+def test_example_keys_ignore_padding_and_batch_position(tiny_bert: Path) -> None:
+    rows = list(text_loader(tiny_bert, n=4, batch_size=1))
+    together = next(iter(text_loader(tiny_bert, n=4, batch_size=4)))
+    assert together["input_ids"].shape[1] > rows[0]["input_ids"].shape[1]  # padded in the batch, not alone
+    assert example_keys(together) == [example_keys(row)[0] for row in rows]
+    assert len(set(example_keys(together))) == 4
+
+
+@pytest.mark.parametrize("cache", [False, True])
+def test_cache_computes_teacher_logits_once_per_example(tiny_bert: Path, tmp_path: Path, cache: bool) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), cache_teacher_logits=cache)
+    seen: list[int] = []
+    module.teacher.register_forward_pre_hook(lambda mod, args, kwargs: seen.append(len(kwargs["input_ids"])), with_kwargs=True)
+    trainer = toy_trainer(tmp_path, [], max_epochs=3, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, text_loader(tiny_bert, n=16, shuffle=True))
+    assert sum(seen) == (16 if cache else 48)
+    assert len(module._logit_cache) == (16 if cache else 0)
+
+
+def test_cached_logits_equal_fresh_ones_and_follow_the_teacher(tiny_bert: Path) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), cache_teacher_logits=True)
+    module.on_train_start()
+    fill = next(iter(text_loader(tiny_bert, n=8, batch_size=8)))
+    module.teacher_outputs(fill)
+    # The same examples, alone (other padding) and with labels: served from the cache, equal to a fresh forward pass.
+    for row in text_loader(tiny_bert, n=8, batch_size=1):
+        cached, _ = module.teacher_outputs(row)
+        fresh = module.teacher(**{k: v for k, v in row.items() if k != "labels"}).logits
+        torch.testing.assert_close(cached, fresh, atol=1e-5, rtol=1e-5)
+    assert len(module._logit_cache) == 8
+    module.on_train_start()  # a new fit with the same teacher keeps the cache
+    assert len(module._logit_cache) == 8
+    with torch.no_grad():
+        module.teacher.classifier.bias.add_(1.0)
+    module.on_train_start()  # another teacher: every entry is stale
+    assert module._logit_cache == {}
+    assert module._cache_fingerprint == weights_fingerprint(module.teacher)
+
+
+# ---- end to end: ADMM + hard prune + export; checkpoints --------------------------------------------------------
+
+
+def test_distilled_student_is_pruned_2to4_exported_and_reloadable(tiny_bert: Path, tmp_path: Path) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), learning_rate=1e-3, cache_teacher_logits=True)
+    teacher_before = state(module.teacher)
+    sparsify = NxMSparsifyCallback("2:4", penalty="decoupled", rho=0.05, update_every=2, end_fraction=0.5)
+    prune = HardPruneCallback(backend="masked", export_dir=str(tmp_path / "export"))
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", save_last=True)
+    trainer = toy_trainer(tmp_path, [sparsify, prune, checkpoint], max_epochs=2)
+    trainer.fit(module, text_loader(tiny_bert, shuffle=True), text_loader(tiny_bert))
+
+    assert all(t.name.startswith("model.") for t in sparsify.targets)
+    assert verify(tmp_path / "export") == []
+    exported = AutoClassifier.from_pretrained(tmp_path / "export")
+    assert is_nxm(exported.bert.encoder.layer[0].attention.self.query.weight, 2, 4)
+    assert_same(state(module.teacher), teacher_before)  # dense, untouched
+
+    saved = torch.load(checkpoint.last_model_path, weights_only=True)
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])
+    assert saved["teacher"] == {"path": str(tiny_bert.resolve()), "fingerprint": weights_fingerprint(module.teacher)}
+    reloaded = DistillationModule.load_from_checkpoint(checkpoint.last_model_path)
+    assert is_nxm(reloaded.model.bert.encoder.layer[1].output.dense.weight, 2, 4)
+    assert_same(state(reloaded.teacher), teacher_before)
+    scores = toy_trainer(tmp_path, [HardPruneCallback()]).validate(
+        DistillationModule(str(tiny_bert), teacher=str(tiny_bert)), text_loader(tiny_bert), ckpt_path=checkpoint.last_model_path
+    )
+    assert "val/score" in scores[0]
+
+
+def test_checkpoint_of_another_teacher_warns(tiny_bert: Path, tmp_path: Path) -> None:
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert))
+    trainer = toy_trainer(tmp_path, [], max_steps=1, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, text_loader(tiny_bert))
+    trainer.save_checkpoint(tmp_path / "kd.ckpt")
+    other = save_bert(tmp_path / "other")
+    with pytest.warns(UserWarning, match="not the one this checkpoint was trained with"):
+        DistillationModule.load_from_checkpoint(tmp_path / "kd.ckpt", teacher=str(other))
+
+
+# ---- configs/glue_kd.yaml through the CLI -----------------------------------------------------------------------
+
+
+def cli_run(subcommand: str, model: str, teacher: Path, glue_dir: Path, *extra: str) -> cli.NxMLightningCLI:
+    return cli.main([
+        subcommand, "--config", str(REPO / "configs" / "glue_kd.yaml"), "--model.init_args.model_name_or_path", model,
+        "--model.init_args.teacher", str(teacher), "--data.data_dir", str(glue_dir), "--data.max_eval_samples", "16",
+        "--data.max_seq_length", "32", "--data.eval_batch_size", "16", *extra,
+    ])  # fmt: skip
+
+
+@pytest.mark.parametrize("real", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["tiny", "minilm"])
+def test_glue_kd_config_fits_exports_and_validates(
+    glue_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_bert: Path, real: bool
+) -> None:
+    monkeypatch.chdir(tmp_path)  # the config writes runs/ and exports/ relative to the working directory
+    monkeypatch.setattr(sys, "argv", ["cli.py"])  # LightningCLI warns when pytest's arguments sit beside args=
+    if real:
+        model = DEFAULT_MODEL
+        teacher = tmp_path / "minilm_teacher"
+        AutoClassifier.from_pretrained(resolve_model_name(DEFAULT_MODEL), num_labels=1).save_pretrained(teacher)
+    else:
+        model, teacher = str(tiny_bert), tiny_bert
+    cli_run("fit", model, teacher, glue_dir, "--data.max_train_samples", "16", "--data.batch_size", "4", "--trainer.max_epochs=1")
+    assert verify(tmp_path / "exports" / "glue_kd") == []
+    last = next((tmp_path / "runs").rglob("last.ckpt"))
+    validated = cli_run("validate", model, teacher, glue_dir, "--ckpt_path", str(last))
+    assert isinstance(validated.model, DistillationModule)
+    assert "val/score" in validated.trainer.callback_metrics
