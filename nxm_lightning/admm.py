@@ -208,9 +208,7 @@ class ADMMState:
         self.mask = {k: v.to(device) for k, v in state["mask"].items()}
 
 
-def check_layers_match(
-    patterns: dict[str, str], shapes: dict[str, list[int]], targets: list[Target], what: str
-) -> None:
+def check_layers_match(patterns: dict[str, str], shapes: dict[str, list[int]], targets: list[Target], what: str) -> None:
     """Refuse saved per-layer state that belongs to another model or pattern, saying exactly what differs."""
     current = {t.name: (list(t.shape), str(t.pattern)) for t in targets}
     saved = {name: (list(shapes[name]), patterns[name]) for name in patterns}

@@ -101,7 +101,5 @@ def describe_targets(model: nn.Module, targets: list[Target]) -> str:
     width = max(len(t.name) for t in targets)
     lines = [f"{'layer':<{width}}  {'shape':>12}  pattern"]
     lines += [f"{t.name:<{width}}  {'x'.join(map(str, t.shape)):>12}  {t.pattern}" for t in targets]
-    lines.append(
-        f"{len(targets)} layers, {covered:,} weights = {100 * covered / max(total, 1):.1f}% of all {total:,} parameters"
-    )
+    lines.append(f"{len(targets)} layers, {covered:,} weights = {100 * covered / max(total, 1):.1f}% of all {total:,} parameters")
     return "\n".join(lines)

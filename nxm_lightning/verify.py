@@ -32,9 +32,7 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     binary = directory / "pytorch_model.bin"
     if binary.is_file():
         return torch.load(binary, map_location="cpu", weights_only=True)
-    raise VerifyError(
-        f"No weights in {directory}: expected *.safetensors or pytorch_model.bin (save_pretrained output)."
-    )
+    raise VerifyError(f"No weights in {directory}: expected *.safetensors or pytorch_model.bin (save_pretrained output).")
 
 
 def verify(directory: str | Path) -> list[str]:
