@@ -14,6 +14,10 @@ from transformers import AutoTokenizer, BertConfig, BertForSequenceClassificatio
 
 from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
 
+# The tests never need the Hub: fail fast offline instead of waiting on network time-outs.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 REPO = Path(__file__).resolve().parents[1]
 GLUE_DIR = Path(os.environ.get("GLUE_DIR", REPO.parent / "shared" / "data" / "glue"))
 
