@@ -234,7 +234,8 @@ class HardPruneCallback(Callback):
     def _route_if_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" or any(isinstance(m, NxMLinear) for m in pl_module.modules()):
             return
-        targets = select_targets(pl_module, **self.selection)
+        sparsify = self._sparsify_callback(trainer)
+        targets = select_targets(pl_module, **(sparsify.selection if sparsify is not None else self.selection))
         dense = [t.name for t in targets if first_violation(t.module.weight, t.pattern.n, t.pattern.m) is not None]
         if dense:
             rank_zero_warn(

@@ -124,8 +124,9 @@ class NxMSparsifyCallback(Callback):
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.admm is not None
         if self._pending_state is not None:
-            self.admm.load_state_dict(self._pending_state["admm"])
             self.finished = bool(self._pending_state["finished"])
+            if not self.finished:
+                self.admm.load_state_dict(self._pending_state["admm"])
             self._pending_state = None
         rank_zero_info(f"NxMSparsifyCallback targets ({self.admm.penalty} penalty, rho={self.admm.rho}):\n"
                        + describe_targets(pl_module, self.targets))  # fmt: skip
@@ -155,6 +156,9 @@ class NxMSparsifyCallback(Callback):
         if not self.active or not optimizer_stepped(self, trainer):
             return
         assert self.admm is not None
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
+            raise_if_non_finite(self.admm.non_finite_layer() or "(none of the weights: the loss)", trainer, "in the loss")
         if self.admm.penalty == "decoupled":
             self.admm.apply_decoupled_pull()
         if self.update_every is not None and trainer.global_step % self.update_every == 0:
@@ -192,8 +196,10 @@ class NxMSparsifyCallback(Callback):
             logger.log_metrics(metrics, step=trainer.global_step)
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
+        assert self.admm is not None
         self.finished = True
-        rank_zero_info(f"NxMSparsifyCallback: ADMM phase ended at {when} after {self.admm.zstep_count} Z-steps.")  # type: ignore[union-attr]
+        rank_zero_info(f"NxMSparsifyCallback: ADMM phase ended at {when} after {self.admm.zstep_count} Z-steps.")
+        self.admm.release()
         for listener in self._end_listeners:
             listener(trainer, pl_module)
 
@@ -222,9 +228,11 @@ class NxMSparsifyCallback(Callback):
     # ---- checkpointing -------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        if self.finished:
+            return {"finished": True}  # Z and U are no longer needed: keep checkpoints small
         if self.admm is None or not self.admm.initialized:
             return {}
-        return {"admm": self.admm.state_dict(), "finished": self.finished}
+        return {"admm": self.admm.state_dict(), "finished": False}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = state_dict or None

@@ -180,6 +180,10 @@ class ADMMState:
                     return t.name
         return None
 
+    def release(self) -> None:
+        """Free Z, U and the masks once the ADMM phase is over."""
+        self.z, self.u, self.mask = {}, {}, {}
+
     def to(self, device: torch.device) -> None:
         for store in (self.z, self.u, self.mask):
             for name, tensor in store.items():
