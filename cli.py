@@ -9,6 +9,7 @@ import lightning.pytorch as pl
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from callbacks.rng_state import RNGStateCallback
 from nxm_lightning.data import GLUEDataModule
 from nxm_lightning.module import SequenceClassificationModule
 
@@ -45,6 +46,8 @@ class NxMLightningCLI(LightningCLI):
         parser.link_arguments("data.task_name", "model.init_args.task_name")
         parser.link_arguments("data.num_labels", "model.init_args.num_labels", apply_on="instantiate")
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
+        # Always on: without RNG states in the checkpoint, a resumed run's dropout and shuffling would differ.
+        parser.add_lightning_class_args(RNGStateCallback, "rng_state")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/score",

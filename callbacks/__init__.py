@@ -2,6 +2,7 @@
 
 from callbacks.hard_prune import HardPruneCallback
 from callbacks.nxm_sparsify import NxMSparsifyCallback
+from callbacks.rng_state import RNGStateCallback
 from callbacks.save_pretrained import SavePretrainedCallback
 
-__all__ = ["HardPruneCallback", "NxMSparsifyCallback", "SavePretrainedCallback"]
+__all__ = ["HardPruneCallback", "NxMSparsifyCallback", "RNGStateCallback", "SavePretrainedCallback"]

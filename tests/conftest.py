@@ -63,13 +63,15 @@ def tiny_bert_2labels(tmp_path_factory: pytest.TempPathFactory) -> Path:
 class ToyModule(pl.LightningModule):
     """A plain nn.Module regression model (no Hugging Face), to show the callbacks work on any LightningModule."""
 
-    def __init__(self, lr: float = 1e-2) -> None:
+    def __init__(self, lr: float = 1e-2, dropout: float = 0.0) -> None:
         super().__init__()
         self.net = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16), nn.ReLU(), nn.Linear(16, 1))
         self.lr = lr
+        self.dropout = dropout
 
     def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
         x, y = batch
+        x = nn.functional.dropout(x, self.dropout, self.training)
         return nn.functional.mse_loss(self.net(x).squeeze(-1), y)
 
     def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> None:
@@ -80,11 +82,11 @@ class ToyModule(pl.LightningModule):
         return torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=0.1)
 
 
-def toy_loader(n: int = 64, seed: int = 0) -> DataLoader:
+def toy_loader(n: int = 64, seed: int = 0, shuffle: bool = False) -> DataLoader:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(n, 16, generator=generator)
     y = x[:, :4].sum(-1) + 0.1 * torch.randn(n, generator=generator)
-    return DataLoader(TensorDataset(x, y), batch_size=8)
+    return DataLoader(TensorDataset(x, y), batch_size=8, shuffle=shuffle)
 
 
 def toy_trainer(tmp_path: Path, callbacks: list, **kwargs: object) -> pl.Trainer:
