@@ -51,3 +51,17 @@ def raise_if_non_finite(layer: str | None, trainer: pl.Trainer, when: str) -> No
         "diverged. Use a smaller rho or learning rate (or gradient clipping), then restart from the last good "
         "checkpoint. No checkpoint was written with these weights."
     )
+
+
+SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")
+
+
+def refuse_sharded_strategy(trainer: pl.Trainer, who: str) -> None:
+    """N:M groups, Z and U need each process to hold whole weights: refuse strategies that shard them."""
+    name = type(trainer.strategy).__name__
+    if name in SHARDED_STRATEGIES:
+        raise ValueError(
+            f"{who} does not support {name}: it shards the Linear weights, and the N:M groups, Z and U need whole "
+            "weights on every process (a mask computed on shards could be silently wrong). Use strategy ddp (or a "
+            "single device)."
+        )

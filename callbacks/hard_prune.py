@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks._common import optimizer_stepped, project_targets
+from callbacks._common import optimizer_stepped, project_targets, refuse_sharded_strategy
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from nxm_lightning.admm import check_layers_match
 from nxm_lightning.export import export_pretrained
@@ -97,6 +97,7 @@ class HardPruneCallback(Callback):
         return next((cb for cb in trainer.callbacks if isinstance(cb, NxMSparsifyCallback)), None)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        refuse_sharded_strategy(trainer, type(self).__name__)
         sparsify = self._sparsify_callback(trainer)
         self.follow_admm = sparsify is not None and self.at_epoch is None and self.at_step is None
         if self.follow_admm:

@@ -12,7 +12,13 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks._common import optimizer_stepped, project_targets, raise_if_non_finite, restore_weights
+from callbacks._common import (
+    optimizer_stepped,
+    project_targets,
+    raise_if_non_finite,
+    refuse_sharded_strategy,
+    restore_weights,
+)
 from nxm_lightning.admm import PENALTY_MODES, ADMMState, PenaltyMode, ZStepStats
 from nxm_lightning.nxm import NxMPattern
 from nxm_lightning.targets import Target, describe_targets, select_targets
@@ -113,6 +119,7 @@ class NxMSparsifyCallback(Callback):
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         if stage != "fit":
             return
+        refuse_sharded_strategy(trainer, type(self).__name__)
         self.targets = select_targets(pl_module, **self.selection)
         self.admm = ADMMState(self.targets, **self.admm_args)
         if self.eval_pruned and not callable(getattr(pl_module, "evaluate_score", None)):

@@ -1,0 +1,49 @@
+"""A 2-process DDP (gloo, CPU) run for the multi-process test: ``python ddp_job.py OUT_DIR``.
+
+Each rank writes what it holds (ADMM Z/U/masks mid-phase, hard-prune masks and final weights) to ``rank<R>.pt``.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import torch
+from lightning.pytorch import seed_everything
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from conftest import ToyModule, toy_loader, toy_trainer  # noqa: E402
+
+from callbacks import HardPruneCallback, NxMSparsifyCallback  # noqa: E402
+
+
+class Snapshot(Callback):
+    """Keep a copy of the ADMM state at step 6 (mid-phase) and write everything each rank holds at the end."""
+
+    def __init__(self, out: Path, sparsify: NxMSparsifyCallback, prune: HardPruneCallback) -> None:
+        self.out, self.sparsify, self.prune = out, sparsify, prune
+        self.admm: dict = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == 6 and not self.admm:
+            self.admm = self.sparsify.admm.state_dict()
+
+    def on_fit_end(self, trainer, pl_module) -> None:  # noqa: ANN001
+        weights = {k: v.detach().cpu() for k, v in pl_module.state_dict().items()}
+        masks = {k: v.cpu() for k, v in self.prune.masks.items()}
+        torch.save({"admm": self.admm, "masks": masks, "weights": weights}, self.out / f"rank{trainer.global_rank}.pt")
+
+
+def main() -> None:
+    out = Path(sys.argv[1])
+    seed_everything(0)
+    sparsify = NxMSparsifyCallback("2:4", include=[r"^net\.[02]$"], rho=0.05, penalty="decoupled", update_every=2, end_step=10)
+    prune = HardPruneCallback(backend="masked")
+    callbacks = [sparsify, prune, Snapshot(out, sparsify, prune), ModelCheckpoint(dirpath=out / "ckpt", save_last=True)]
+    trainer = toy_trainer(out, callbacks, max_epochs=5, devices=2, strategy="ddp")
+    trainer.fit(ToyModule(), toy_loader(shuffle=True), toy_loader(16, seed=1))
+
+
+if __name__ == "__main__":
+    main()
