@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -95,5 +96,19 @@ def main(argv: list[str] | None = None) -> NxMLightningCLI:
     )
 
 
+# The errors this project raises for bad input; their messages say what was wrong and how to fix it.
+USER_ERRORS = (ValueError, FileNotFoundError, OSError, RuntimeError, TypeError, FloatingPointError)
+
+
+def run() -> None:
+    """``main()`` for the shell: a bad input prints its message, not a traceback (NXM_TRACEBACK=1 shows it)."""
+    try:
+        main()
+    except USER_ERRORS as err:
+        if os.environ.get("NXM_TRACEBACK"):
+            raise
+        sys.exit(f"error: {type(err).__name__}: {err}\n(set NXM_TRACEBACK=1 for the full traceback)")
+
+
 if __name__ == "__main__":
-    main()
+    run()

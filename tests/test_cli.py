@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -97,3 +98,18 @@ def test_glue_yaml_pipeline_with_minilm(tmp_path: Path, glue_dir: Path) -> None:
     checkpoint = torch.load(last, map_location="cpu", weights_only=True)
     query = checkpoint["state_dict"]["model.bert.encoder.layer.0.attention.self.query.weight"]
     assert is_nxm(query, 2, 4)
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--data.task_name=imdb"], "Unknown GLUE task 'imdb'. Valid task names: cola"),
+        (["--data.data_dir=/nonexistent/glue"], "looked for the folder /nonexistent/glue/STS-B"),
+        (["--model.init_args.model_name_or_path=/nonexistent/model"], "Cannot load model '/nonexistent/model'"),
+    ],
+)
+def test_bad_input_on_the_command_line_is_one_clear_line(args: list[str], message: str) -> None:
+    command = [sys.executable, "cli.py", "fit", "--config", "glue_dense.yaml", "--trainer.max_epochs=1", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr

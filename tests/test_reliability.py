@@ -13,8 +13,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
+from nxm_lightning.admm import ADMMState
 from nxm_lightning.data import GLUEDataModule
 from nxm_lightning.module import SequenceClassificationModule
+from nxm_lightning.targets import select_targets
 
 INCLUDE = [r"^net\.[02]$"]
 
@@ -73,3 +75,38 @@ def test_admm_dashboard_and_pruned_eval_on_tiny_bert(tmp_path: Path, glue_dir: P
     primal = [e.value for e in events.Scalars("admm/primal_residual")]
     assert len(primal) == 12 and primal[-1] < 0.5 * primal[0]  # the residual falls over a real fine-tuning run
     assert len(events.Scalars("val_pruned/score")) == 3
+
+
+def test_zstep_every_step_keeps_memory_flat() -> None:
+    """Thousands of Z-steps (each allocating a new Z and mask) must not grow the process's memory."""
+    psutil = pytest.importorskip("psutil")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
+    admm = ADMMState(select_targets(model, "2:4", include=[r"\d"]), rho=0.05, penalty="decoupled")
+    admm.initialize()
+    process = psutil.Process()
+
+    def run(steps: int) -> None:
+        for _ in range(steps):
+            admm.apply_decoupled_pull()
+            admm.z_step()
+
+    run(300)  # warm up the allocator
+    before = process.memory_info().rss
+    run(2000)
+    growth = process.memory_info().rss - before
+    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 Z-steps"
+
+
+def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
+    from conftest import save_tiny_bert
+
+    wide = save_tiny_bert(tmp_path / "wide", hidden=64)
+    small = SequenceClassificationModule(str(tiny_bert), "stsb")
+    checkpoint = {"state_dict": SequenceClassificationModule(str(wide), "stsb").state_dict()}
+    with pytest.raises(ValueError, match=r"model of another shape.*model.bert.embeddings.word_embeddings.weight"):
+        small.on_load_checkpoint(checkpoint)
+
+
+def test_trust_remote_code_is_off_by_default(tiny_bert: Path) -> None:
+    assert SequenceClassificationModule(str(tiny_bert), "stsb").hparams.trust_remote_code is False
