@@ -5,10 +5,12 @@ modules live in ``data``, ``module`` and ``distill``; the callbacks in the top-l
 """
 
 from nxm_lightning.data import GLUEDataModule
+from nxm_lightning.distill import DistillationModule
 from nxm_lightning.module import SequenceClassificationModule
 from nxm_lightning.nxm import NxMPattern, is_nxm, nxm_mask, nxm_project
 
 __all__ = [
+    "DistillationModule",
     "GLUEDataModule",
     "NxMPattern",
     "SequenceClassificationModule",

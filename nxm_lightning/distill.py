@@ -1,0 +1,331 @@
+"""DistillationModule: a frozen dense teacher guides the student that the callbacks make N:M sparse.
+
+The teacher is a submodule named ``teacher``: the target selection never sparsifies it, ``configure_optimizers`` never
+optimizes it, and checkpoints store only a reference to it (its path and a fingerprint of its weights).
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from lightning.pytorch.utilities import rank_zero_warn
+from torch import nn
+from torch.nn import functional as F
+from transformers import AutoConfig, AutoModelForSequenceClassification
+
+from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained
+from nxm_lightning.module import SequenceClassificationModule
+
+StudentInit = Literal["teacher", "pretrained"]
+STUDENT_INITS = ("teacher", "pretrained")
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, regression: bool) -> torch.Tensor:
+    """The distillation term: T^2 KL(softmax(teacher / T) || softmax(student / T)), or the MSE of the scores.
+
+    Args:
+        student_logits / teacher_logits: ``(batch, num_labels)``.
+        temperature: T > 0; the T^2 factor keeps the gradient scale independent of T (Hinton et al., 2015).
+        regression: compare the scores with MSE instead (STS-B: one output, no distribution to match).
+    """
+    if regression:
+        return F.mse_loss(student_logits.squeeze(-1).float(), teacher_logits.squeeze(-1).float())
+    student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)
+    teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)
+    # batchmean: the KL divergence per example, as in its definition (reduction="mean" would also divide by num_labels).
+    kl = F.kl_div(student_log_probs, teacher_log_probs, reduction="batchmean", log_target=True)
+    return temperature**2 * kl
+
+
+def hidden_state_loss(
+    student_hidden: tuple[torch.Tensor, ...],
+    teacher_hidden: tuple[torch.Tensor, ...],
+    layer_map: dict[int, int],
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """Mean over the mapped layers of the MSE between hidden states, over real (non-padding) tokens only.
+
+    Args:
+        student_hidden / teacher_hidden: ``output_hidden_states`` of each model (index 0: the embeddings).
+        layer_map: ``{student index: teacher index}`` into those tuples.
+        attention_mask: ``(batch, seq)``, 1 for real tokens.
+    """
+    mask = attention_mask.unsqueeze(-1).float()
+    count = mask.sum() * student_hidden[0].shape[-1]
+    losses = [((student_hidden[s].float() - teacher_hidden[t].float()) ** 2 * mask).sum() / count for s, t in layer_map.items()]
+    return torch.stack(losses).mean()
+
+
+def example_keys(inputs: dict[str, torch.Tensor]) -> list[bytes]:
+    """One key per example: a hash of its token ids (and token types) without padding.
+
+    The same example gets the same key whatever its batch, position or padded length (shuffling, length grouping);
+    another text, tokenizer or max_seq_length gives other ids and so another key.
+
+    Args:
+        inputs: a batch with ``input_ids`` and optionally ``attention_mask`` and ``token_type_ids``, ``(batch, seq)``.
+    """
+    ids = inputs["input_ids"].cpu()
+    mask = inputs["attention_mask"].cpu().bool() if "attention_mask" in inputs else torch.ones_like(ids, dtype=torch.bool)
+    types = inputs["token_type_ids"].cpu() if "token_type_ids" in inputs else None
+    keys = []
+    for row in range(ids.shape[0]):
+        digest = hashlib.blake2b(ids[row][mask[row]].numpy().tobytes(), digest_size=16)
+        if types is not None:
+            digest.update(types[row][mask[row]].numpy().tobytes())
+        keys.append(digest.digest())
+    return keys
+
+
+def weights_fingerprint(module: nn.Module) -> str:
+    """A hash of every tensor (name, dtype, shape, bytes) of a state dict: equal only for identical weights.
+
+    Args:
+        module: the model to fingerprint (about 0.1 s for MiniLM-L6 on a CPU).
+    """
+    digest = hashlib.blake2b(digest_size=16)
+    for name, tensor in module.state_dict().items():
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
+        digest.update(tensor.view(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
+def check_teacher_path(path: str) -> Path:
+    """``path`` as a Path, checked to exist.
+
+    Args:
+        path: the ``teacher`` argument of :class:`DistillationModule`.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist (the message says what a teacher can be).
+    """
+    source = Path(path).expanduser()
+    if not source.exists():
+        raise FileNotFoundError(
+            f"Teacher {path!r} not found. Pass a Hugging Face folder (e.g. exports/glue_dense, written by "
+            "`python cli.py fit --config configs/glue_dense.yaml`) or a Lightning .ckpt of SequenceClassificationModule."
+        )
+    return source
+
+
+def load_teacher(path: str, trust_remote_code: bool = False) -> nn.Module:
+    """The teacher's Hugging Face model, in eval mode with gradients off.
+
+    Args:
+        path: a folder written by ``save_pretrained`` (e.g. ``SavePretrainedCallback``'s export), or a Lightning
+            ``.ckpt`` of a ``SequenceClassificationModule`` (its ``model``; rebuilt from the ``model_name_or_path``
+            recorded in the checkpoint, which must be loadable here).
+        trust_remote_code: passed to transformers for a folder.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+    """
+    source = check_teacher_path(path)
+    if source.is_dir():
+        model = load_pretrained(AutoModelForSequenceClassification, str(source), trust_remote_code=trust_remote_code)
+    else:
+        model = SequenceClassificationModule.load_from_checkpoint(source, map_location="cpu").model
+    model.eval()
+    model.requires_grad_(False)
+    return model
+
+
+class DistillationModule(SequenceClassificationModule):
+    r"""Fine-tune a student while a frozen teacher guides it (knowledge distillation), scored with GLUE metrics.
+
+    Training loss: ``alpha * task loss + (1 - alpha) * kd``, where kd = T^2 KL(softmax(teacher / T) ||
+    softmax(student / T)) for classification and the MSE between the two scores for regression (STS-B), plus
+    ``hidden_weight`` times the MSE between mapped hidden states. Validation, test, predict and export use the
+    student (``self.model``) only; the teacher (``self.teacher``) stays in eval mode, gets no gradients, is never in
+    the optimizer nor a sparsification target, and is not stored in checkpoints: loading one reloads it from
+    ``teacher`` (a warning says when its weights differ from those the checkpoint was trained with).
+
+    Args:
+        model_name_or_path: the student's pretrained weights with ``student_init="pretrained"``; always the model
+            whose tokenizer prepares the data (``cli.py`` links it), so the teacher must share its vocabulary.
+        task_name / num_labels / learning_rate / weight_decay / adam_epsilon / warmup_ratio / trust_remote_code:
+            as in :class:`SequenceClassificationModule`.
+        teacher: the fine-tuned dense teacher: a Hugging Face folder or a ``.ckpt`` of SequenceClassificationModule.
+        alpha: weight of the task loss, in [0, 1]; the distillation term gets ``1 - alpha``.
+        temperature: T > 0, softens both distributions (classification only).
+        hidden_weight: weight of the hidden-state MSE; 0 turns it off (and skips computing hidden states).
+        layer_map: ``{student layer: teacher layer}`` for that MSE (0 = embeddings, i = output of block i);
+            default when the depths are equal: every layer to itself. Hidden sizes must match.
+        student_init: ``"teacher"``: the student starts as a copy of the teacher (the paper's pipeline);
+            ``"pretrained"``: from ``model_name_or_path``.
+        cache_teacher_logits: compute the teacher's logits once per training example and reuse them every epoch
+            (keyed by a hash of the example's token ids; cleared when the teacher's weights change). Not with
+            ``hidden_weight > 0``, which needs the teacher's hidden states at every step.
+
+    Example::
+
+        module = DistillationModule(task_name="stsb", teacher="exports/glue_dense", alpha=0.5, temperature=2.0)
+        trainer = Trainer(callbacks=[NxMSparsifyCallback("2:4"), HardPruneCallback(export_dir="exports/glue_kd")])
+    """
+
+    def __init__(
+        self,
+        model_name_or_path: str = DEFAULT_MODEL,
+        task_name: str = "stsb",
+        num_labels: int | None = None,
+        learning_rate: float = 5e-5,
+        weight_decay: float = 0.01,
+        adam_epsilon: float = 1e-8,
+        warmup_ratio: float = 0.1,
+        trust_remote_code: bool = False,
+        *,
+        teacher: str,
+        alpha: float = 0.5,
+        temperature: float = 2.0,
+        hidden_weight: float = 0.0,
+        layer_map: dict[int, int] | None = None,
+        student_init: StudentInit = "teacher",
+        cache_teacher_logits: bool = False,
+    ) -> None:
+        # Checked before any model is loaded, so that a bad config fails in seconds.
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha={alpha} must be in [0, 1] (the weight of the task loss; 1 - alpha goes to distillation).")
+        if not temperature > 0:
+            raise ValueError(f"temperature={temperature} must be > 0 (1 = the plain softmax; 2..4 are usual).")
+        if hidden_weight < 0:
+            raise ValueError(f"hidden_weight={hidden_weight} must be >= 0 (0 turns hidden-state distillation off).")
+        if layer_map and hidden_weight == 0:
+            raise ValueError("layer_map is set but hidden_weight is 0, so it would be ignored: set hidden_weight > 0.")
+        if student_init not in STUDENT_INITS:
+            raise ValueError(f"student_init={student_init!r} is not valid; choose one of {list(STUDENT_INITS)}.")
+        if cache_teacher_logits and hidden_weight > 0:
+            raise ValueError(
+                "cache_teacher_logits caches logits only, but hidden_weight > 0 needs the teacher's hidden states at "
+                "every step: turn one of them off."
+            )
+        check_teacher_path(teacher)
+        super().__init__(
+            model_name_or_path, task_name, num_labels, learning_rate, weight_decay, adam_epsilon, warmup_ratio, trust_remote_code
+        )
+        self.layer_map = self._resolve_layer_map(layer_map) if hidden_weight > 0 else {}
+        self._logit_cache: dict[bytes, torch.Tensor] = {}
+        self._cache_fingerprint: str | None = None
+
+    def _build_model(self, name: str, num_labels: int, trust_remote_code: bool) -> nn.Module:
+        """Load the teacher (as ``self.teacher``) and build the student from it or from ``name``."""
+        teacher = load_teacher(self.hparams.teacher, trust_remote_code)
+        data_config = load_pretrained(AutoConfig, name, trust_remote_code=trust_remote_code)
+        if teacher.config.num_labels != num_labels:
+            raise ValueError(
+                f"Teacher {self.hparams.teacher!r} has num_labels={teacher.config.num_labels}, but the student for task "
+                f"{self.task.name!r} has {num_labels}: use a teacher fine-tuned on the same task."
+            )
+        if teacher.config.vocab_size != data_config.vocab_size:
+            raise ValueError(
+                f"Teacher {self.hparams.teacher!r} has a vocabulary of {teacher.config.vocab_size} tokens, but "
+                f"{name!r} (whose tokenizer prepares the data) has {data_config.vocab_size}: teacher and student must "
+                "share a tokenizer."
+            )
+        if self.hparams.student_init == "teacher":
+            student = copy.deepcopy(teacher).requires_grad_(True)
+            student.config.problem_type = "regression" if num_labels == 1 else "single_label_classification"
+            student.train()
+        else:
+            student = super()._build_model(name, num_labels, trust_remote_code)
+        if self.hparams.hidden_weight > 0 and teacher.config.hidden_size != student.config.hidden_size:
+            raise ValueError(
+                f"hidden_weight > 0 compares hidden states, but the teacher's hidden size is {teacher.config.hidden_size} "
+                f"and the student's {student.config.hidden_size}: set hidden_weight to 0."
+            )
+        self.teacher = teacher
+        return student
+
+    def _resolve_layer_map(self, layer_map: dict[int, int] | None) -> dict[int, int]:
+        student_layers = self.model.config.num_hidden_layers
+        teacher_layers = self.teacher.config.num_hidden_layers
+        if layer_map is None:
+            if student_layers != teacher_layers:
+                raise ValueError(
+                    f"The student has {student_layers} layers and the teacher {teacher_layers}: give layer_map "
+                    f"({{student layer: teacher layer}}, 0 = embeddings), e.g. {{{student_layers}: {teacher_layers}}}."
+                )
+            return {layer: layer for layer in range(student_layers + 1)}
+        bad = {s: t for s, t in layer_map.items() if not (0 <= s <= student_layers and 0 <= t <= teacher_layers)}
+        if bad:
+            raise ValueError(
+                f"layer_map entries {bad} are out of range: student layers are 0..{student_layers}, teacher layers "
+                f"0..{teacher_layers} (0 = embeddings)."
+            )
+        return {int(s): int(t) for s, t in layer_map.items()}
+
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Set the student's mode; the teacher stays in eval mode (dropout would make its targets noisy)."""
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    # ---- training ------------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def teacher_outputs(self, inputs: dict[str, torch.Tensor]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+        """The teacher's logits for a batch (from the cache when enabled) and, with hidden_weight > 0, its hidden states."""
+        inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        if self.hparams.cache_teacher_logits:
+            return self._cached_teacher_logits(inputs), None
+        output = self.teacher(**inputs, output_hidden_states=bool(self.layer_map))
+        return output.logits, output.hidden_states
+
+    def _cached_teacher_logits(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        keys = example_keys(inputs)
+        missing = [row for row, key in enumerate(keys) if key not in self._logit_cache]
+        if missing:
+            logits = self.teacher(**{k: v[missing] for k, v in inputs.items()}).logits
+            self._logit_cache.update({keys[row]: row_logits for row, row_logits in zip(missing, logits)})
+        return torch.stack([self._logit_cache[key] for key in keys])
+
+    def on_train_start(self) -> None:
+        if not self.hparams.cache_teacher_logits:
+            return
+        # Another teacher (or changed teacher weights) since the cache was filled makes every entry stale.
+        fingerprint = weights_fingerprint(self.teacher)
+        if fingerprint != self._cache_fingerprint:
+            self._logit_cache.clear()
+            self._cache_fingerprint = fingerprint
+
+    def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        inputs = self._model_inputs(batch)
+        student = self.model(**inputs, output_hidden_states=bool(self.layer_map))
+        teacher_logits, teacher_hidden = self.teacher_outputs(inputs)
+        alpha = self.hparams.alpha
+        losses = {
+            "task_loss": student.loss,
+            "kd_loss": kd_loss(student.logits, teacher_logits, self.hparams.temperature, self.task.is_regression),
+        }
+        loss = alpha * losses["task_loss"] + (1 - alpha) * losses["kd_loss"]
+        if self.layer_map:
+            losses["hidden_loss"] = hidden_state_loss(
+                student.hidden_states, teacher_hidden, self.layer_map, inputs["attention_mask"]
+            )
+            loss = loss + self.hparams.hidden_weight * losses["hidden_loss"]
+        self.log("train/loss", loss, prog_bar=True)
+        self.log_dict({f"train/{name}": value for name, value in losses.items()})
+        return loss
+
+    # ---- checkpoints: the student and a reference to the teacher ------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        checkpoint["teacher"] = {"path": str(Path(self.hparams.teacher).expanduser().resolve()),
+                                 "fingerprint": weights_fingerprint(self.teacher)}  # fmt: skip
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Fill in the teacher's weights from the teacher itself, so that strict loading of the student works."""
+        reference = checkpoint.get("teacher", {})
+        if reference.get("fingerprint") not in (None, weights_fingerprint(self.teacher)):
+            rank_zero_warn(
+                f"The teacher {self.hparams.teacher!r} is not the one this checkpoint was trained with (that was "
+                f"{reference.get('path')!r}; the weights differ). Validate/test/predict use the student only; a resumed "
+                "fit distills from the teacher loaded now."
+            )
+        checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in self.teacher.state_dict().items()})
+        super().on_load_checkpoint(checkpoint)
