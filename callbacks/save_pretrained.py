@@ -38,8 +38,9 @@ class SavePretrainedCallback(Callback):
             )
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
         if best:
-            state = torch.load(best, map_location=pl_module.device, weights_only=True)["state_dict"]
-            pl_module.load_state_dict(state)
+            checkpoint = torch.load(best, map_location=pl_module.device, weights_only=True)
+            pl_module.on_load_checkpoint(checkpoint)  # e.g. DistillationModule puts its teacher's weights back
+            pl_module.load_state_dict(checkpoint["state_dict"])
         if not trainer.is_global_zero:
             return
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
