@@ -13,9 +13,9 @@ from callbacks._common import optimizer_stepped, project_targets, refuse_sharded
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from nxm_lightning.admm import check_layers_match
 from nxm_lightning.export import export_pretrained
-from nxm_lightning.nxm import NxMPattern, first_violation
+from nxm_lightning.nxm import first_violation
 from nxm_lightning.sparse_linear import NxMLinear, check_backend_name, replace_module
-from nxm_lightning.targets import Target, select_targets
+from nxm_lightning.targets import Target, TargetSpec
 
 
 class HardPruneCallback(Callback):
@@ -69,11 +69,7 @@ class HardPruneCallback(Callback):
             raise ValueError(f"Set at most one of at_epoch ({at_epoch}) and at_step ({at_step}).")
         if (at_epoch is not None and at_epoch < 0) or (at_step is not None and at_step < 0):
             raise ValueError("at_epoch and at_step must be >= 0.")
-        NxMPattern.parse(pattern)
-        for override in (pattern_overrides or {}).values():
-            NxMPattern.parse(override)
-        self.selection = {"pattern": pattern, "include": include, "exclude": exclude,
-                          "pattern_overrides": pattern_overrides, "strict": strict}  # fmt: skip
+        self.spec = TargetSpec(pattern, include, exclude, pattern_overrides, strict)
         self.at_epoch, self.at_step = at_epoch, at_step
         self.backend, self.backend_strict = backend, backend_strict
         self.export_dir = export_dir
@@ -85,7 +81,7 @@ class HardPruneCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(pattern=self.selection["pattern"], include=self.selection["include"])
+        return self._generate_state_key(pattern=self.spec.pattern, include=self.spec.include)
 
     @property
     def pruned(self) -> bool:
@@ -105,7 +101,7 @@ class HardPruneCallback(Callback):
             self.targets = sparsify.targets
             sparsify.add_end_listener(lambda tr, module: self._prune(tr, module, "the end of the ADMM phase"))
         else:
-            self.targets = select_targets(pl_module, **self.selection)
+            self.targets = self.spec.select(pl_module)
         if self._pending_state is not None:
             self._load_masks(self._pending_state)
             self._pending_state = None
@@ -236,7 +232,7 @@ class HardPruneCallback(Callback):
         if trainer.state.fn == "fit" or any(isinstance(m, NxMLinear) for m in pl_module.modules()):
             return
         sparsify = self._sparsify_callback(trainer)
-        targets = select_targets(pl_module, **(sparsify.selection if sparsify is not None else self.selection))
+        targets = (sparsify.spec if sparsify is not None else self.spec).select(pl_module)
         dense = [t.name for t in targets if first_violation(t.module.weight, t.pattern.n, t.pattern.m) is not None]
         if dense:
             rank_zero_warn(

@@ -20,8 +20,7 @@ from callbacks._common import (
     restore_weights,
 )
 from nxm_lightning.admm import PENALTY_MODES, ADMMState, PenaltyMode, ZStepStats
-from nxm_lightning.nxm import NxMPattern
-from nxm_lightning.targets import Target, describe_targets, select_targets
+from nxm_lightning.targets import Target, TargetSpec, describe_targets
 
 
 class NxMSparsifyCallback(Callback):
@@ -87,13 +86,9 @@ class NxMSparsifyCallback(Callback):
             raise ValueError(f"end_fraction={end_fraction} must be in (0, 1].")
         if (end_epoch is not None and end_epoch < 1) or (end_step is not None and end_step < 1):
             raise ValueError(f"end_epoch / end_step must be >= 1; got {ends}.")
-        self.selection = {"pattern": pattern, "include": include, "exclude": exclude,
-                          "pattern_overrides": pattern_overrides, "strict": strict}  # fmt: skip
+        self.spec = TargetSpec(pattern, include, exclude, pattern_overrides, strict)
         self.admm_args = {"rho": rho, "rho_factor": rho_factor, "rho_max": rho_max, "penalty": penalty}
-        # Validate patterns and rho now, so that a bad config fails before any model is loaded.
-        NxMPattern.parse(pattern)
-        for override in (pattern_overrides or {}).values():
-            NxMPattern.parse(override)
+        # Validate rho now, so that a bad config fails before any model is loaded (TargetSpec checks the patterns).
         ADMMState([], **self.admm_args)
         self.update_every = update_every
         self.end_epoch, self.end_step, self.end_fraction = end_epoch, end_step, end_fraction
@@ -108,7 +103,7 @@ class NxMSparsifyCallback(Callback):
 
     @property
     def state_key(self) -> str:
-        return self._generate_state_key(pattern=self.selection["pattern"], include=self.selection["include"])
+        return self._generate_state_key(pattern=self.spec.pattern, include=self.spec.include)
 
     def add_end_listener(self, listener: Callable[[pl.Trainer, pl.LightningModule], None]) -> None:
         """Call ``listener(trainer, pl_module)`` when the ADMM phase ends (HardPruneCallback registers itself)."""
@@ -120,7 +115,7 @@ class NxMSparsifyCallback(Callback):
         if stage != "fit":
             return
         refuse_sharded_strategy(trainer, type(self).__name__)
-        self.targets = select_targets(pl_module, **self.selection)
+        self.targets = self.spec.select(pl_module)
         self.admm = ADMMState(self.targets, **self.admm_args)
         if self.eval_pruned and not callable(getattr(pl_module, "evaluate_score", None)):
             raise ValueError(

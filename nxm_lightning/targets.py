@@ -94,6 +94,30 @@ def select_targets(
     return targets
 
 
+@dataclass(frozen=True)
+class TargetSpec:
+    """A target selection as a config states it (see :func:`select_targets`), validated when built.
+
+    Bad patterns and regexes fail here, at config time, before any model is loaded.
+    """
+
+    pattern: str = "2:4"
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    pattern_overrides: dict[str, str] | None = None
+    strict: bool = False
+
+    def __post_init__(self) -> None:
+        NxMPattern.parse(self.pattern)
+        for override in (self.pattern_overrides or {}).values():
+            NxMPattern.parse(override)
+        _compile(list(self.include or []), "include")
+        _compile(list(self.exclude or []) + list(self.pattern_overrides or {}), "exclude / pattern_overrides")
+
+    def select(self, model: nn.Module) -> list[Target]:
+        return select_targets(model, self.pattern, self.include, self.exclude, self.pattern_overrides, self.strict)
+
+
 def describe_targets(model: nn.Module, targets: list[Target]) -> str:
     """A table of the targets (layer, shape, pattern) and the share of all parameters they cover."""
     total = sum(p.numel() for p in model.parameters())
