@@ -15,8 +15,10 @@ from dataclasses import dataclass
 
 import torch
 
-# Above this group size the pairwise rank (M passes over the weight) loses to one stable sort.
+# Above this group size the pairwise rank (M(M-1)/2 column comparisons) loses to one stable sort.
 _PAIRWISE_MAX_M = 16
+# On CPU the pairwise rank works through a weight in slices of about this many elements.
+_CHUNK_ELEMENTS = 1 << 22
 _PATTERN_RE = re.compile(r"^\s*(\d+)\s*:\s*(\d+)\s*$")
 
 
@@ -92,23 +94,67 @@ def nxm_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
         tensor([[False,  True,  True, False]])
     """
     NxMPattern(n, m)
-    groups = _groups(weight, m).detach().abs()
-    if groups.is_floating_point():
-        groups = torch.nan_to_num(groups, nan=float("inf"))
-    if m <= _PAIRWISE_MAX_M:
-        # rank[i] = how many entries of the group beat entry i (larger, or equal and earlier); keep rank < n.
-        # m vectorised passes over [groups, m]: faster than topk/sort for small m and exact under ties.
-        index = torch.arange(m, device=weight.device)
-        rank = torch.zeros(groups.shape, dtype=torch.uint8 if m < 256 else torch.int32, device=weight.device)
-        for j in range(m):
-            other = groups[:, j : j + 1]
-            rank += (other > groups) | ((other == groups) & (index > j))
-        keep = rank < n
-    else:
-        order = torch.sort(groups, dim=1, descending=True, stable=True).indices[:, :n]
+    groups = _groups(weight, m).detach()
+    if m > _PAIRWISE_MAX_M:
+        magnitude = _magnitude(groups)
+        order = torch.sort(magnitude, dim=1, descending=True, stable=True).indices[:, :n]
         keep = torch.zeros(groups.shape, dtype=torch.bool, device=weight.device)
         keep.scatter_(1, order, True)
+        return keep.reshape(weight.shape)
+    keep = torch.empty(groups.shape, dtype=torch.bool, device=weight.device)
+    # On CPU, bound the temporaries (and keep them nearer the cache) by working through big weights in slices.
+    rows = max(1, _CHUNK_ELEMENTS // m) if weight.device.type == "cpu" else max(1, groups.shape[0])
+    for start in range(0, groups.shape[0], rows):
+        if (n, m) == (2, 4):
+            _keep_2_of_4(groups[start : start + rows], keep[start : start + rows])
+        else:
+            _pairwise_keep(groups[start : start + rows], n, keep[start : start + rows])
     return keep.reshape(weight.shape)
+
+
+def _magnitude(groups: torch.Tensor) -> torch.Tensor:
+    """``|groups|`` (a new tensor) with NaN as +inf, so that a diverged entry ranks as the largest."""
+    magnitude = groups.abs()
+    if magnitude.is_floating_point():
+        torch.nan_to_num_(magnitude, nan=float("inf"))
+    return magnitude
+
+
+def _pairwise_keep(groups: torch.Tensor, n: int, out: torch.Tensor) -> None:
+    """Write into ``out`` the mask keeping the ``n`` largest of each row of ``groups`` ``[rows, m]`` (ties: lower index).
+
+    rank[i] = how many entries of the group beat entry i (larger, or equal and earlier); keep rank < n. One comparison
+    per pair of columns, i < j: ``x_i >= x_j`` means i beats j, its negation (no NaN left) that j beats i. That is
+    m(m-1)/2 comparisons on ``[rows]`` columns instead of m passes over the whole ``[rows, m]`` block.
+    """
+    m = groups.shape[1]
+    columns = _magnitude(groups).unbind(1)
+    ranks = torch.zeros((m, groups.shape[0]), dtype=torch.uint8, device=groups.device)
+    beats = torch.empty(groups.shape[0], dtype=torch.bool, device=groups.device)
+    for i in range(m):
+        for j in range(i + 1, m):
+            torch.ge(columns[i], columns[j], out=beats)
+            ranks[j].add_(beats)
+            beats.logical_not_()
+            ranks[i].add_(beats)
+    torch.lt(ranks.t(), n, out=out)
+
+
+def _keep_2_of_4(groups: torch.Tensor, out: torch.Tensor) -> None:
+    """:func:`_pairwise_keep` for 2:4 with boolean logic: entry i is kept when it beats at least 2 of the other 3.
+
+    ``bij = x_i >= x_j`` (i < j) says i beats j, its negation that j beats i; "at least two of three" is the majority
+    ``(x & y) | (z & (x | y))``, which is self-dual, so entry 3 (that beats j only through ``~bj3``) is ``~maj(b03, b13, b23)``.
+    """
+    a, b, c, d = _magnitude(groups).unbind(1)
+    b01, b02, b03, b12, b13, b23 = (torch.ge(x, y) for x, y in ((a, b), (a, c), (a, d), (b, c), (b, d), (c, d)))
+
+    def at_least_two(x: torch.Tensor, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return (x & y) | (z & (x | y))
+
+    keep_2 = (b02 | b12).logical_not_() | (b23 & (b02 & b12).logical_not_())  # at least two of ~b02, ~b12, b23
+    columns = [at_least_two(b01, b02, b03), at_least_two(~b01, b12, b13), keep_2, at_least_two(b03, b13, b23).logical_not_()]
+    torch.stack(columns, dim=1, out=out)
 
 
 def nxm_project(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
