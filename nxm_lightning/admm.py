@@ -129,20 +129,20 @@ class ADMMState:
         for t in self.targets:
             w = t.module.weight.detach().to(self.z[t.name].dtype)
             z_prev = self.z[t.name]
-            u = self.u[t.name]
-            candidate = w + u
-            mask = nxm_mask(candidate, t.pattern.n, t.pattern.m)
-            z = candidate * mask
-            u.add_(w - z)
-            flips += int((mask != self.mask[t.name]).sum())
+            z = w + self.u[t.name]
+            mask = nxm_mask(z, t.pattern.n, t.pattern.m)
+            z.mul_(mask)  # in place: W + U is not needed once projected
+            violation = w - z
+            self.u[t.name].add_(violation)
+            flips += int(torch.count_nonzero(mask ^ self.mask[t.name]))
             total += mask.numel()
-            layer_primal = float((w - z).pow(2).sum())
-            layer_w = float(w.pow(2).sum())
+            layer_primal = float(torch.linalg.vector_norm(violation)) ** 2
+            layer_w = float(torch.linalg.vector_norm(w)) ** 2
             per_layer[t.name] = layer_primal / max(layer_w, 1e-30)
             primal_sq += layer_primal
             w_sq += layer_w
-            z_sq += float(z.pow(2).sum())
-            dual_sq += float((z - z_prev).pow(2).sum())
+            z_sq += float(torch.linalg.vector_norm(z)) ** 2
+            dual_sq += float(torch.linalg.vector_norm(z - z_prev)) ** 2
             self.z[t.name] = z
             self.mask[t.name] = mask
         stats = ZStepStats(
