@@ -138,9 +138,7 @@ class NxMLinear(nn.Module):
         self.backend = backend
 
     @classmethod
-    def from_linear(
-        cls, linear: nn.Linear, pattern: NxMPattern, backend: str = "auto", strict: bool = False
-    ) -> NxMLinear:
+    def from_linear(cls, linear: nn.Linear, pattern: NxMPattern, backend: str = "auto", strict: bool = False) -> NxMLinear:
         weight = linear.weight.detach()
         chosen = select_backend(backend, weight, pattern, strict=strict)
         module = cls(linear.in_features, linear.out_features, pattern, chosen)
