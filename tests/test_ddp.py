@@ -8,8 +8,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from callbacks import NxMSparsifyCallback
+from nxm_lightning.verify import verify
 
 
 def test_ddp_ranks_agree(tmp_path: Path) -> None:
@@ -44,3 +46,25 @@ def test_sharded_strategies_are_refused(strategy: str) -> None:
     trainer.strategy = FakeStrategy()  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="shards"):
         NxMSparsifyCallback("2:4").setup(trainer, torch.nn.Module(), "fit")  # type: ignore[arg-type]
+
+
+def test_cli_pipeline_under_ddp_writes_one_export(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
+    """``python cli.py fit --config glue.yaml --trainer.devices 2 --trainer.strategy ddp`` on CPU (gloo)."""
+    repo = Path(__file__).resolve().parents[1]
+    config = yaml.safe_load((repo / "configs" / "glue.yaml").read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["update_every"] = 1
+    config["trainer"]["callbacks"][1]["init_args"]["export_dir"] = str(tmp_path / "export")
+    (tmp_path / "glue.yaml").write_text(yaml.safe_dump(config))
+    command = [
+        sys.executable, "cli.py", "fit", "--config", str(tmp_path / "glue.yaml"),
+        f"--model.init_args.model_name_or_path={tiny_bert}", f"--data.data_dir={glue_dir}",
+        "--data.max_train_samples=32", "--data.max_eval_samples=32", "--data.max_seq_length=32", "--data.batch_size=8",
+        "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
+        f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false",
+    ]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert verify(tmp_path / "export") == []
+    assert (result.stdout + result.stderr).count("exported the N:M model") == 1
+    assert not list(tmp_path.glob(".export.partial-*"))
+    assert sorted(p.name for p in (tmp_path / "runs").rglob("last*.ckpt")) == ["last.ckpt"]
