@@ -95,7 +95,7 @@ PROFILES = {
 
 # The ADMM-phase sweep of ``tune`` (one value changed at a time from configs/glue.yaml, plus the listed pairs).
 TUNE_GRID: dict[str, list[Any]] = {
-    "rho": [0.003, 0.01, 0.03],
+    "rho": [0.003, 0.01, 0.03, 0.1],
     "penalty": ["gradient", "decoupled"],
     "update_every": [20, 50, None],
     "end_fraction": [0.3, 0.5, 0.7],
