@@ -403,8 +403,11 @@ def tune_variants() -> list[tuple[str, dict[str, Any]]]:
 
 def cmd_tune(args: argparse.Namespace) -> None:
     profile = PROFILES[args.profile]
+    variants = tune_variants()
+    if args.variants:
+        variants = [(tag, changes) for tag, changes in variants if tag.removeprefix("_tune_") in args.variants]
     with study_lock(args.work_dir):
-        for tag, changes in tune_variants():
+        for tag, changes in variants:
             spec = make_spec("nxm", args.task, profile.seeds[0], profile, args)
             if spec is None:
                 return
@@ -444,6 +447,7 @@ def main(argv: list[str] | None = None) -> None:
 
     tune = sub.add_parser("tune", parents=[common], help="sweep the ADMM phase of nxm on one task (needs its dense run)")
     tune.add_argument("--task", choices=TASKS, default="stsb")
+    tune.add_argument("--variants", nargs="+", help="only these points, e.g. rho_0.1 update_every_50 base (default: all)")
     tune.set_defaults(func=cmd_tune)
 
     imp = sub.add_parser("import", parents=[common], help="record a finished cli.py fit run made by hand")
