@@ -86,13 +86,16 @@ def _find_config(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> NxMLightningCLI:
+    """Run the CLI on ``argv``, or on the command line (rewritten in place: DDP re-launches ``sys.argv``)."""
+    if argv is None:
+        sys.argv[1:] = resolve_config_paths(sys.argv[1:])
     return NxMLightningCLI(
         SequenceClassificationModule,
         GLUEDataModule,
         subclass_mode_model=True,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
-        args=resolve_config_paths(sys.argv[1:] if argv is None else argv),
+        args=None if argv is None else resolve_config_paths(argv),
     )
 
 
