@@ -28,15 +28,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +41,7 @@ import torch
 from torch import nn
 
 import nxm_lightning.admm as admm_module
+from benchmarks._results import finish_results, start_results
 from nxm_lightning.admm import ADMMState
 from nxm_lightning.nxm import nxm_mask
 from nxm_lightning.targets import Target, select_targets
@@ -374,13 +372,7 @@ def main() -> None:
         return
 
     torch.set_num_threads(args.threads)
-    results: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "loadavg_at_start": os.getloadavg()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.bench_admm " + " ".join(sys.argv[1:]),
-    }  # fmt: skip
+    results = start_results("benchmarks.bench_admm")
     if "zstep" in args.parts:
         print("Z-step benchmark ...", flush=True)
         results["zstep"] = bench_zstep(args.zstep_rounds)
@@ -397,12 +389,7 @@ def main() -> None:
         print_zstep(results["zstep"])
     if "memory" in results:
         print_memory(results["memory"])
-    results["machine"]["loadavg_at_end"] = os.getloadavg()
-    print(f"threads {args.threads}; load average (1, 5, 15 min) at start {results['machine']['loadavg_at_start']}, "
-          f"at end {results['machine']['loadavg_at_end']}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nWrote {args.out}")
+    finish_results(results, args.out)
 
 
 if __name__ == "__main__":

@@ -22,20 +22,17 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import platform
 import statistics
-import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
+from benchmarks._results import finish_results, start_results
 from nxm_lightning.nxm import nxm_project
 from nxm_lightning.sparse_linear import NxMLinear, replace_module
 from nxm_lightning.targets import select_targets
@@ -205,13 +202,7 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
     model, names = load_pruned_minilm()
-    results: dict[str, Any] = {
-        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
-                    "cpus": os.cpu_count(), "torch": torch.__version__, "threads": torch.get_num_threads(),
-                    "loadavg_at_start": os.getloadavg()},
-        "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": "python -m benchmarks.bench_backends " + " ".join(sys.argv[1:]),
-    }  # fmt: skip
+    results = start_results("benchmarks.bench_backends")
     if "size" in args.parts:
         results["size"] = bench_size(model, names)
     if "latency" in args.parts:
@@ -221,12 +212,7 @@ def main() -> None:
         print_size(results["size"])
     if "latency" in results:
         print_latency(results["latency"])
-    results["machine"]["loadavg_at_end"] = os.getloadavg()
-    print(f"threads {args.threads}; load average (1, 5, 15 min) at start {results['machine']['loadavg_at_start']}, "
-          f"at end {results['machine']['loadavg_at_end']}")  # fmt: skip
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=2))
-    print(f"\nWrote {args.out}")
+    finish_results(results, args.out)
 
 
 if __name__ == "__main__":
