@@ -122,13 +122,13 @@ class HardPruneCallback(Callback):
         if self.pruned:
             return
         evaluate = getattr(pl_module, "evaluate_score", None)
-        can_score = self.score_at_prune and callable(evaluate) and bool(trainer.val_dataloaders or _val_loaders(trainer))
+        loaders = _val_loaders(trainer) if self.score_at_prune and callable(evaluate) else None
         metrics: dict[str, float] = {}
-        if can_score:
-            metrics["prune/score_before"] = float(evaluate(_val_loaders(trainer)))
+        if loaders:
+            metrics["prune/score_before"] = float(evaluate(loaders))
         self.masks = project_targets(self.targets)
-        if can_score:
-            metrics["prune/score_after"] = float(evaluate(_val_loaders(trainer)))
+        if loaders:
+            metrics["prune/score_after"] = float(evaluate(loaders))
         metrics.update(self._sparsity_metrics())
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
