@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
 from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
 
@@ -96,3 +96,13 @@ def toy_trainer(tmp_path: Path, callbacks: list, **kwargs: object) -> pl.Trainer
     )  # fmt: skip
     defaults.update(kwargs)
     return pl.Trainer(callbacks=callbacks, **defaults)
+
+
+def text_loader(tokenizer: Path, n: int = 16, batch_size: int = 4, regression: bool = True, shuffle: bool = False) -> DataLoader:
+    """Sentence pairs of varying length (so batches are padded differently), with STS-B-like or binary labels."""
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer)
+    rows = []
+    for i in range(n):
+        encoded = tokenizer(f"Sentence number {i} says" + " more" * (i % 5), f"A reply to {i}.", truncation=True, max_length=32)
+        rows.append({**encoded, "labels": float(i % 6) if regression else i % 2})
+    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))

@@ -1,10 +1,12 @@
-"""A 2-process DDP (gloo, CPU) run for the multi-process test: ``python ddp_job.py OUT_DIR``.
+"""A 2-process DDP (gloo, CPU) run for the multi-process test: ``python ddp_job.py OUT_DIR [--distill TEACHER]``.
 
 Each rank writes what it holds (ADMM Z/U/masks mid-phase, hard-prune masks and final weights) to ``rank<R>.pt``.
+``--distill`` trains a tiny BERT DistillationModule (teacher: the BERT folder TEACHER) instead of the toy model.
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -13,9 +15,10 @@ from lightning.pytorch import seed_everything
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from conftest import ToyModule, toy_loader, toy_trainer  # noqa: E402
+from conftest import ToyModule, text_loader, toy_loader, toy_trainer  # noqa: E402
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback  # noqa: E402
+from nxm_lightning import DistillationModule  # noqa: E402
 
 
 class Snapshot(Callback):
@@ -36,13 +39,22 @@ class Snapshot(Callback):
 
 
 def main() -> None:
-    out = Path(sys.argv[1])
+    parser = argparse.ArgumentParser()
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--distill", type=Path, metavar="TEACHER")
+    args = parser.parse_args()
     seed_everything(0)
-    sparsify = NxMSparsifyCallback("2:4", include=[r"^net\.[02]$"], rho=0.05, penalty="decoupled", update_every=2, end_step=10)
+    include = [r"^net\.[02]$"] if args.distill is None else None  # None: every Linear of the BERT encoder
+    sparsify = NxMSparsifyCallback("2:4", include=include, rho=0.05, penalty="decoupled", update_every=2, end_step=10)
     prune = HardPruneCallback(backend="masked")
-    callbacks = [sparsify, prune, Snapshot(out, sparsify, prune), ModelCheckpoint(dirpath=out / "ckpt", save_last=True)]
-    trainer = toy_trainer(out, callbacks, max_epochs=5, devices=2, strategy="ddp")
-    trainer.fit(ToyModule(), toy_loader(shuffle=True), toy_loader(16, seed=1))
+    callbacks = [sparsify, prune, Snapshot(args.out, sparsify, prune), ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True)]
+    trainer = toy_trainer(args.out, callbacks, max_epochs=5, devices=2, strategy="ddp")
+    if args.distill is None:
+        trainer.fit(ToyModule(), toy_loader(shuffle=True), toy_loader(16, seed=1))
+    else:
+        teacher = str(args.distill)
+        module = DistillationModule(teacher, teacher=teacher, learning_rate=1e-3, cache_teacher_logits=True)
+        trainer.fit(module, text_loader(args.distill, n=32, shuffle=True), text_loader(args.distill, n=8))
 
 
 if __name__ == "__main__":

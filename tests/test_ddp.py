@@ -13,23 +13,30 @@ import yaml
 from callbacks import NxMSparsifyCallback
 from nxm_lightning.verify import verify
 
+BERT_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
+                "intermediate.dense", "output.dense")  # fmt: skip
 
-def test_ddp_ranks_agree(tmp_path: Path) -> None:
+
+@pytest.mark.parametrize("distill", [False, True], ids=["toy", "distillation"])
+def test_ddp_ranks_agree(tmp_path: Path, tiny_bert: Path, distill: bool) -> None:
     job = Path(__file__).resolve().parent / "ddp_job.py"
-    result = subprocess.run([sys.executable, str(job), str(tmp_path)], capture_output=True, text=True, timeout=600)
+    command = [sys.executable, str(job), str(tmp_path), *(["--distill", str(tiny_bert)] if distill else [])]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
-    assert rank0["admm"]["zstep_count"] == 3 and set(rank0["admm"]["z"]) == {"net.0", "net.2"}
+    # The toy model has two targets; the tiny BERT's student 2 layers x 6 Linear, its teacher none.
+    bert_targets = {f"model.bert.encoder.layer.{i}.{name}" for i in range(2) for name in BERT_LINEARS}
+    targets = bert_targets if distill else {"net.0", "net.2"}
+    assert rank0["admm"]["zstep_count"] == 3 and set(rank0["admm"]["z"]) == targets
     for key in ("z", "u", "mask"):
         for name, tensor in rank0["admm"][key].items():
             assert torch.equal(tensor, rank1["admm"][key][name]), (key, name)
-    assert set(rank0["masks"]) == {"net.0", "net.2"}
+    assert set(rank0["masks"]) == targets
     assert all(torch.equal(mask, rank1["masks"][name]) for name, mask in rank0["masks"].items())
     assert all(torch.equal(w, rank1["weights"][name]) for name, w in rank0["weights"].items())
     assert sorted(p.name for p in (tmp_path / "ckpt").glob("last*.ckpt")) == ["last.ckpt"]  # one checkpoint, from rank 0
-    assert (
-        result.stdout.count("HardPruneCallback: pruned 2 layers") + result.stderr.count("HardPruneCallback: pruned 2 layers") == 1
-    )
+    message = f"HardPruneCallback: pruned {len(targets)} layers"
+    assert result.stdout.count(message) + result.stderr.count(message) == 1
 
 
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])

@@ -9,12 +9,11 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import REPO, toy_trainer
+from conftest import REPO, text_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.nn import functional as F
-from torch.utils.data import DataLoader
 from transformers import AutoModelForSequenceClassification as AutoClassifier
-from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
+from transformers import BertConfig, BertForSequenceClassification
 
 import cli
 from callbacks import HardPruneCallback, NxMSparsifyCallback
@@ -23,16 +22,6 @@ from nxm_lightning.distill import example_keys, kd_loss, weights_fingerprint
 from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
 from nxm_lightning.nxm import is_nxm
 from nxm_lightning.verify import verify
-
-
-def text_loader(tokenizer: Path, n: int = 16, batch_size: int = 4, regression: bool = True, shuffle: bool = False) -> DataLoader:
-    """Sentence pairs of varying length (so batches are padded differently), with STS-B-like or binary labels."""
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer)
-    rows = []
-    for i in range(n):
-        encoded = tokenizer(f"Sentence number {i} says" + " more" * (i % 5), f"A reply to {i}.", truncation=True, max_length=32)
-        rows.append({**encoded, "labels": float(i % 6) if regression else i % 2})
-    return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:
