@@ -62,6 +62,8 @@ METHOD_CONFIGS = {
 }
 EXPORT_CALLBACKS = ("callbacks.SavePretrainedCallback", "callbacks.HardPruneCallback")
 ADMM_CALLBACK = "callbacks.NxMSparsifyCallback"
+# Sweep keys that go to the LightningModule; every other key goes to NxMSparsifyCallback.
+MODEL_ARGS = ("learning_rate", "warmup_ratio", "alpha", "temperature")
 CURVES = ("admm/primal_residual", "admm/dual_residual", "admm/mask_flip_rate", "admm/rho", "val_pruned/score", "train/loss")
 PACKAGES = ("torch", "lightning", "transformers", "datasets", "torchmetrics", "tensorboard", "nxm-lightning")
 
@@ -401,20 +403,37 @@ def tune_variants() -> list[tuple[str, dict[str, Any]]]:
     return variants
 
 
+def parse_changes(items: list[str]) -> dict[str, Any]:
+    """``["rho=0.1", "end_fraction=0.3"]`` -> ``{"rho": 0.1, "end_fraction": 0.3}`` (values parsed as YAML)."""
+    changes = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"--change {item!r}: write KEY=VALUE, e.g. --change rho=0.1")
+        changes[key] = yaml.safe_load(value)
+    return changes
+
+
 def cmd_tune(args: argparse.Namespace) -> None:
     profile = PROFILES[args.profile]
-    variants = tune_variants()
+    if args.change:
+        changes = parse_changes(args.change)
+        variants = [("_tune_" + "_".join(f"{k}_{v}" for k, v in changes.items()), changes)]
+    else:
+        variants = tune_variants()
     if args.variants:
         variants = [(tag, changes) for tag, changes in variants if tag.removeprefix("_tune_") in args.variants]
     with study_lock(args.work_dir):
         for tag, changes in variants:
-            spec = make_spec("nxm", args.task, profile.seeds[0], profile, args)
+            spec = make_spec(args.method, args.task, profile.seeds[0], profile, args)
             if spec is None:
                 return
             spec.tag = tag
-            lr = {k: v for k, v in changes.items() if k == "learning_rate"}
-            spec.model_args = lr
-            spec.callback_args = {ADMM_CALLBACK: {k: v for k, v in changes.items() if k not in lr}}
+            spec.model_args = {k: v for k, v in changes.items() if k in MODEL_ARGS}
+            callback_args = {k: v for k, v in changes.items() if k not in MODEL_ARGS}
+            if callback_args and args.method == "asp":
+                raise SystemExit(f"asp has no ADMM phase: {sorted(callback_args)} cannot change; vary {list(MODEL_ARGS)}.")
+            spec.callback_args = {ADMM_CALLBACK: callback_args} if callback_args else {}
             execute(spec, args.keep_checkpoints, {"profile": args.profile, "tune": changes})
 
 
@@ -447,7 +466,11 @@ def main(argv: list[str] | None = None) -> None:
 
     tune = sub.add_parser("tune", parents=[common], help="sweep the ADMM phase of nxm on one task (needs its dense run)")
     tune.add_argument("--task", choices=TASKS, default="stsb")
+    tune.add_argument("--method", choices=("nxm", "nxm_kd", "asp"), default="nxm", help="the method whose config is varied")
     tune.add_argument("--variants", nargs="+", help="only these points, e.g. rho_0.1 update_every_50 base (default: all)")
+    tune.add_argument(
+        "--change", nargs="+", metavar="KEY=VALUE", help="one point with these changes, e.g. rho=0.1 end_fraction=0.3"
+    )
     tune.set_defaults(func=cmd_tune)
 
     imp = sub.add_parser("import", parents=[common], help="record a finished cli.py fit run made by hand")
