@@ -135,16 +135,14 @@ def tune_table(records: Records) -> list[str]:
     if not tuned:
         return ["No `tune` sweep has finished yet (`python benchmarks/glue_study.py tune --task stsb`)."]
     lines = [
-        "| change from configs/glue.yaml | task | best dev score | score after the cut | wall time |",
-        "|---|---|---|---|---|",
+        "| method | change from the method's config | task | best dev score | dev score before -> after the cut | wall time |",
+        "|---|---|---|---|---|---|",
     ]
     for r in sorted(tuned, key=lambda r: -r["metrics"]["best_score"]):
         change = ", ".join(f"{k}={v}" for k, v in r["tune"].items()) or "none (the config's values)"
-        after = r["metrics"].get("prune_score_after")
-        lines.append(
-            f"| {change} | {r['task']} | {r['metrics']['best_score']:.2f} | "
-            f"{'-' if after is None else f'{after:.2f}'} | {r['wall_s'] / 60:.1f} min |"
-        )
+        m = r["metrics"]
+        cut = "-" if m.get("prune_score_after") is None else f"{m['prune_score_before']:.1f} -> {m['prune_score_after']:.1f}"
+        lines.append(f"| {r['method']} | {change} | {r['task']} | {m['best_score']:.2f} | {cut} | {r['wall_s'] / 60:.1f} min |")
     return lines
 
 
