@@ -55,10 +55,12 @@ def test_sharded_strategies_are_refused(strategy: str) -> None:
         NxMSparsifyCallback("2:4").setup(trainer, torch.nn.Module(), "fit")  # type: ignore[arg-type]
 
 
-def test_cli_pipeline_under_ddp_writes_one_export(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
-    """``python cli.py fit --config glue.yaml --trainer.devices 2 --trainer.strategy ddp`` on CPU (gloo)."""
+@pytest.mark.parametrize("config_name", ["glue.yaml", "glue_kd.yaml"])
+def test_cli_pipeline_under_ddp_writes_one_export(tmp_path: Path, glue_dir: Path, tiny_bert: Path, config_name: str) -> None:
+    """``python cli.py fit --config glue.yaml --trainer.devices 2 --trainer.strategy ddp`` on CPU (gloo), with and
+    without a distillation teacher."""
     repo = Path(__file__).resolve().parents[1]
-    config = yaml.safe_load((repo / "configs" / "glue.yaml").read_text())
+    config = yaml.safe_load((repo / "configs" / config_name).read_text())
     config["trainer"]["callbacks"][0]["init_args"]["update_every"] = 1
     config["trainer"]["callbacks"][1]["init_args"]["export_dir"] = str(tmp_path / "export")
     (tmp_path / "glue.yaml").write_text(yaml.safe_dump(config))
@@ -69,6 +71,8 @@ def test_cli_pipeline_under_ddp_writes_one_export(tmp_path: Path, glue_dir: Path
         "--trainer.max_epochs=2", "--trainer.accelerator=cpu", "--trainer.devices=2", "--trainer.strategy=ddp",
         f"--trainer.logger.init_args.save_dir={tmp_path / 'runs'}", "--trainer.enable_progress_bar=false",
     ]  # fmt: skip
+    if config_name == "glue_kd.yaml":
+        command.append(f"--model.init_args.teacher={tiny_bert}")
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert verify(tmp_path / "export") == []
