@@ -130,19 +130,47 @@ def runs_table(records: Records) -> list[str]:
     return lines
 
 
+def settings(record: dict[str, Any]) -> dict[str, str]:
+    """What a sweep point varies, read from the run's resolved config (so it stays right when the defaults change)."""
+    config = record.get("resolved_config") or {}
+    model = (config.get("model") or {}).get("init_args", {})
+    admm = next(
+        (
+            c["init_args"]
+            for c in (config.get("trainer") or {}).get("callbacks") or []
+            if c["class_path"].endswith("NxMSparsifyCallback")
+        ),
+        None,
+    )
+    row = {"lr": f"{model.get('learning_rate', '?'):g}", "warmup": f"{model.get('warmup_ratio', '?')}"}
+    if admm is None:
+        return {**row, "penalty": "no ADMM (magnitude cut at fit start)", "rho": "-", "Z-step every": "-", "ADMM until": "-"}
+    rho = f"{admm['rho']:g}"
+    if admm.get("rho_factor", 1.0) != 1.0:
+        rho += f" x{admm['rho_factor']:g} per Z-step up to {admm.get('rho_max')}"
+    every = admm.get("update_every")
+    end = next(
+        (f"{k.removeprefix('end_')} {admm[k]}" for k in ("end_fraction", "end_epoch", "end_step") if admm.get(k)), "fit end"
+    )
+    return {**row, "penalty": admm["penalty"], "rho": rho, "Z-step every": "epoch" if every is None else f"{every} steps",
+            "ADMM until": end}  # fmt: skip
+
+
 def tune_table(records: Records) -> list[str]:
+    """Every sweep point with its full settings, best first."""
     tuned = [r for r in records if r.get("tune") is not None]
     if not tuned:
         return ["No `tune` sweep has finished yet (`python benchmarks/glue_study.py tune --task stsb`)."]
+    columns = list(settings(tuned[0]))
     lines = [
-        "| method | change from the method's config | task | best dev score | dev score before -> after the cut | wall time |",
-        "|---|---|---|---|---|---|",
+        "| method | task | " + " | ".join(columns) + " | best dev score | dev score before -> after the cut | wall time |",
+        "|---" * (len(columns) + 5) + "|",
     ]
     for r in sorted(tuned, key=lambda r: -r["metrics"]["best_score"]):
-        change = ", ".join(f"{k}={v}" for k, v in r["tune"].items()) or "none (the config's values)"
         m = r["metrics"]
         cut = "-" if m.get("prune_score_after") is None else f"{m['prune_score_before']:.1f} -> {m['prune_score_after']:.1f}"
-        lines.append(f"| {r['method']} | {change} | {r['task']} | {m['best_score']:.2f} | {cut} | {r['wall_s'] / 60:.1f} min |")
+        values = " | ".join(settings(r).values())
+        lines.append(f"| {r['method']} | {r['task']} | {values} | {m['best_score']:.2f} | {cut} | {r['wall_s'] / 60:.1f} min |")
     return lines
 
 

@@ -90,3 +90,17 @@ def test_records_load_in_finishing_order(tmp_path: Path) -> None:
     for name, finished in (("b", "2026-01-02"), ("a", "2026-01-03"), ("c", "2026-01-01")):
         (tmp_path / f"{name}.json").write_text(json.dumps(record("asp", "rte", 42, 1.0, finished_at=finished, name=name)))
     assert [r["name"] for r in study_report.load_records(tmp_path)] == ["c", "b", "a"]
+
+
+def test_sweep_settings_come_from_the_resolved_config() -> None:
+    admm = {"rho": 0.02, "rho_factor": 1.5, "rho_max": 0.2, "penalty": "decoupled", "update_every": None, "end_fraction": 0.3}
+    config = {
+        "model": {"init_args": {"learning_rate": 2e-4, "warmup_ratio": 0.06}},
+        "trainer": {"callbacks": [{"class_path": "callbacks.NxMSparsifyCallback", "init_args": admm}]},
+    }
+    assert study_report.settings({"resolved_config": config}) == {
+        "lr": "0.0002", "warmup": "0.06", "penalty": "decoupled", "rho": "0.02 x1.5 per Z-step up to 0.2",
+        "Z-step every": "epoch", "ADMM until": "fraction 0.3",
+    }  # fmt: skip
+    config["trainer"]["callbacks"] = []
+    assert study_report.settings({"resolved_config": config})["penalty"].startswith("no ADMM")
