@@ -472,7 +472,7 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--seeds", nargs="+", type=int, help="default: the profile's")
     run.set_defaults(func=cmd_run)
 
-    tune = sub.add_parser("tune", parents=[common], help="sweep the ADMM phase of nxm on one task (needs its dense run)")
+    tune = sub.add_parser("tune", parents=[common], help="sweep nxm, or one point of any method, on one task")
     tune.add_argument("--task", choices=TASKS, default="stsb")
     tune.add_argument("--method", choices=("nxm", "nxm_kd", "asp"), default="nxm", help="the method whose config is varied")
     tune.add_argument("--variants", nargs="+", help="only these points, e.g. rho_0.1 update_every_50 base (default: all)")
