@@ -229,8 +229,10 @@ def plot_scores(records: Records, path: Path) -> None:
 
 
 def admm_record(records: Records, task: str) -> dict[str, Any] | None:
-    """The nxm run whose curves are plotted: ``task`` if it ran, else the first nxm run with ADMM curves."""
+    """The nxm run whose curves are plotted: the main study's on ``task`` if it ran, else the first nxm run with ADMM
+    curves (main study before sweep points)."""
     candidates = [r for r in records if r["method"] == "nxm" and "admm/primal_residual" in r["metrics"].get("curves", {})]
+    candidates.sort(key=lambda r: (bool(r.get("tag")), r["seed"]))
     return next((r for r in candidates if r["task"] == task), candidates[0] if candidates else None)
 
 

@@ -104,3 +104,12 @@ def test_sweep_settings_come_from_the_resolved_config() -> None:
     }  # fmt: skip
     config["trainer"]["callbacks"] = []
     assert study_report.settings({"resolved_config": config})["penalty"].startswith("no ADMM")
+
+
+def test_admm_plot_prefers_the_main_study_run() -> None:
+    curves = {"curves": {"admm/primal_residual": [(20, 0.1)]}, "best_score": 1.0}
+    sweep = record("nxm", "stsb", 42, 1.0, tag="_tune_rho_0.1", metrics=curves)
+    main = record("nxm", "stsb", 42, 1.0, metrics=curves)
+    other_task = record("nxm", "rte", 42, 1.0, metrics=curves)
+    assert study_report.admm_record([sweep, other_task, main], "stsb") is main
+    assert study_report.admm_record([sweep, other_task], "cola") is other_task
