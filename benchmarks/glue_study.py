@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fcntl
+import hashlib
 import itertools
 import json
 import os
@@ -323,14 +324,25 @@ def study_lock(work_dir: Path) -> Iterator[None]:
 
 
 def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Run ``spec`` unless its record exists; write and return the record, or None when the run failed."""
-    if spec.record_path.exists():
-        print(f"[skip] {spec.name}: {spec.record_path} exists", flush=True)
-        return json.loads(spec.record_path.read_text())
-    if spec.run_dir.exists():
-        shutil.rmtree(spec.run_dir)  # an interrupted attempt: start it again from scratch
+    """Run ``spec`` unless a record of the same run exists; write and return the record, or None when the run failed.
+
+    A record whose config or command differs from what would run now (a default changed in configs/) is stale: it
+    moves to ``records/stale/`` and the run starts again.
+    """
     edits = spec.write_config()
     command = spec.command()
+    fingerprint = run_fingerprint(spec.config_path, command)
+    if spec.record_path.exists():
+        old = json.loads(spec.record_path.read_text())
+        if old.get("run_fingerprint") in (None, fingerprint):  # None: a record from before fingerprints
+            print(f"[skip] {spec.name}: {spec.record_path} exists", flush=True)
+            return old
+        stale = spec.record_path.parent / "stale" / spec.record_path.name
+        stale.parent.mkdir(exist_ok=True)
+        spec.record_path.replace(stale)
+        print(f"[stale] {spec.name}: its config or command changed since {stale} was written; running it again", flush=True)
+    if spec.run_dir.exists():
+        shutil.rmtree(spec.run_dir)  # an interrupted attempt: start it again from scratch
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(command)}", flush=True)
     start = time.monotonic()
@@ -345,13 +357,20 @@ def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None 
     record = make_record(
         method=spec.method, task=spec.task, seed=spec.seed, run_dir=spec.run_dir, command=command, wall_s=wall,
         extra={"export_dir": str(spec.export_dir), "config_file": str(spec.config_path), "callback_edits": edits,
-               "log": str(spec.log_path), "tag": spec.tag, **(extra or {})},
+               "log": str(spec.log_path), "tag": spec.tag, "run_fingerprint": fingerprint, **(extra or {})},
     )  # fmt: skip
     write_record(spec.record_path, record)
     if not keep_checkpoints:
         shutil.rmtree(spec.run_dir / "checkpoints", ignore_errors=True)
     print(f"[done] {spec.name}: best {record['metrics']['best_score']:.2f}, {wall / 60:.1f} min", flush=True)
     return record
+
+
+def run_fingerprint(config_path: Path, command: list[str]) -> str:
+    """A hash of the run's YAML and its command line (without the interpreter's path), to tell a stale record."""
+    digest = hashlib.sha256(config_path.read_bytes())
+    digest.update("\0".join(command[1:]).encode())
+    return digest.hexdigest()[:16]
 
 
 def dense_export(work_dir: Path, task: str, seed: int) -> str | None:

@@ -113,3 +113,23 @@ def test_admm_plot_prefers_the_main_study_run() -> None:
     other_task = record("nxm", "rte", 42, 1.0, metrics=curves)
     assert study_report.admm_record([sweep, other_task, main], "stsb") is main
     assert study_report.admm_record([sweep, other_task], "cola") is other_task
+
+
+def test_a_record_is_reused_only_while_its_config_and_command_are_unchanged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = glue_study.RunSpec("nxm", "stsb", 42, 1, tmp_path, "glue", 128)
+    spec.write_config()
+    current = glue_study.run_fingerprint(spec.config_path, spec.command())
+    glue_study.write_record(spec.record_path, {"run_fingerprint": current, "metrics": {"best_score": 1.0}})
+    started: list[list[str]] = []
+    monkeypatch.setattr(
+        glue_study.subprocess, "run", lambda command, **kw: started.append(command) or argparse.Namespace(returncode=1)
+    )
+    assert glue_study.execute(spec, keep_checkpoints=False) == {"run_fingerprint": current, "metrics": {"best_score": 1.0}}
+    assert started == []
+    spec.epochs = 2  # the same run name with another budget: the record is stale
+    assert glue_study.execute(spec, keep_checkpoints=False) is None  # it ran again (and failed here)
+    assert len(started) == 1 and "2" in started[0]
+    assert not spec.record_path.exists()
+    assert json.loads((spec.record_path.parent / "stale" / spec.record_path.name).read_text())["run_fingerprint"] == current
