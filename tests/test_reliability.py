@@ -78,7 +78,7 @@ def test_admm_dashboard_and_pruned_eval_on_tiny_bert(tmp_path: Path, glue_dir: P
 
 
 def test_zstep_every_step_keeps_memory_flat() -> None:
-    """A thousand Z-steps (each allocating a new Z and mask) must not grow the process's memory."""
+    """Thousands of Z-steps (each allocating a new Z and mask) must not grow the process's memory."""
     psutil = pytest.importorskip("psutil")
     torch.manual_seed(0)
     model = torch.nn.Sequential(*[torch.nn.Linear(256, 256) for _ in range(4)])
@@ -91,11 +91,11 @@ def test_zstep_every_step_keeps_memory_flat() -> None:
             admm.apply_decoupled_pull()
             admm.z_step()
 
-    run(100)  # warm up the allocator
+    run(300)  # warm up the allocator
     before = process.memory_info().rss
-    run(1000)
+    run(2000)
     growth = process.memory_info().rss - before
-    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 1000 Z-steps"
+    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 Z-steps"
 
 
 def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
