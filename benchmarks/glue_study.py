@@ -86,6 +86,10 @@ class Profile:
     max_seq_length: int = 128
     max_train_samples: dict[str, int] = field(default_factory=dict)
 
+    def dense_seed(self, seed: int) -> int:
+        """The seed whose dense run (and export) the sparse methods of ``seed`` start from."""
+        return seed if self.dense_seeds is None or seed in self.dense_seeds else self.dense_seeds[0]
+
     def epochs(self, method: str) -> int:
         if method == "dense":
             return self.dense_epochs
@@ -151,11 +155,9 @@ class RunSpec:
     def config_path(self) -> Path:
         return self.work_dir / "configs" / f"{self.name}.yaml"
 
-    def write_config(self) -> dict[str, dict[str, Any]]:
-        """Write the method's YAML with the callback edits (list items cannot be overridden from the command line).
-
-        Returns the edits made, keyed by callback class path.
-        """
+    def edited_config(self) -> tuple[str, dict[str, dict[str, Any]]]:
+        """The method's YAML with the callback edits (list items cannot be overridden from the command line), and the
+        edits made, keyed by callback class path."""
         config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[self.method]).read_text())
         edits: dict[str, dict[str, Any]] = {}
         for callback in config["trainer"].get("callbacks") or []:
@@ -165,8 +167,13 @@ class RunSpec:
                 wanted["export_dir"] = str(self.export_dir)
             args.update(wanted)
             edits[callback["class_path"]] = wanted
+        return yaml.safe_dump(config, sort_keys=False), edits
+
+    def write_config(self) -> dict[str, dict[str, Any]]:
+        """Write :meth:`edited_config` to ``config_path``; return the edits."""
+        text, edits = self.edited_config()
         self.config_path.parent.mkdir(parents=True, exist_ok=True)
-        self.config_path.write_text(yaml.safe_dump(config, sort_keys=False))
+        self.config_path.write_text(text)
         return edits
 
     def command(self) -> list[str]:
@@ -329,9 +336,8 @@ def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None 
     A record whose config or command differs from what would run now (a default changed in configs/) is stale: it
     moves to ``records/stale/`` and the run starts again.
     """
-    edits = spec.write_config()
     command = spec.command()
-    fingerprint = run_fingerprint(spec.config_path, command)
+    fingerprint = run_fingerprint(spec.edited_config()[0], command)
     if spec.record_path.exists():
         old = json.loads(spec.record_path.read_text())
         if old.get("run_fingerprint") in (None, fingerprint):  # None: a record from before fingerprints
@@ -343,6 +349,7 @@ def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None 
         print(f"[stale] {spec.name}: its config or command changed since {stale} was written; running it again", flush=True)
     if spec.run_dir.exists():
         shutil.rmtree(spec.run_dir)  # an interrupted attempt: start it again from scratch
+    edits = spec.write_config()
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(command)}", flush=True)
     start = time.monotonic()
@@ -366,9 +373,9 @@ def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None 
     return record
 
 
-def run_fingerprint(config_path: Path, command: list[str]) -> str:
+def run_fingerprint(config_text: str, command: list[str]) -> str:
     """A hash of the run's YAML and its command line (without the interpreter's path), to tell a stale record."""
-    digest = hashlib.sha256(config_path.read_bytes())
+    digest = hashlib.sha256(config_text.encode())
     digest.update("\0".join(command[1:]).encode())
     return digest.hexdigest()[:16]
 
@@ -393,7 +400,7 @@ def make_spec(method: str, task: str, seed: int, profile: Profile, args: argpars
         max_train_samples=profile.max_train_samples.get(task),
     )  # fmt: skip
     if method in ("asp", "nxm", "nxm_kd"):
-        dense_seed = seed if profile.dense_seeds is None or seed in profile.dense_seeds else profile.dense_seeds[0]
+        dense_seed = profile.dense_seed(seed)
         export = dense_export(args.work_dir, task, dense_seed)
         if export is None:
             print(f"[wait] {spec.name}: needs the dense export of {task} seed {dense_seed}", flush=True)
@@ -410,7 +417,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     seeds = args.seeds or profile.seeds
     with study_lock(args.work_dir):
         for seed, task, method in itertools.product(seeds, args.tasks, args.methods):
-            if method in ("dense", "nxm_onestage") and profile.dense_seeds and seed not in profile.dense_seeds:
+            if method in ("dense", "nxm_onestage") and profile.dense_seed(seed) != seed:
                 continue  # the profile runs the dense stage (and the one-stage method) for dense_seeds only
             spec = make_spec(method, task, seed, profile, args)
             if spec is not None:

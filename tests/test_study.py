@@ -119,8 +119,7 @@ def test_a_record_is_reused_only_while_its_config_and_command_are_unchanged(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = glue_study.RunSpec("nxm", "stsb", 42, 1, tmp_path, "glue", 128)
-    spec.write_config()
-    current = glue_study.run_fingerprint(spec.config_path, spec.command())
+    current = glue_study.run_fingerprint(spec.edited_config()[0], spec.command())
     glue_study.write_record(spec.record_path, {"run_fingerprint": current, "metrics": {"best_score": 1.0}})
     started: list[list[str]] = []
     monkeypatch.setattr(
