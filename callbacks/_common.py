@@ -32,14 +32,14 @@ def restore_weights(targets: list[Target]) -> Iterator[None]:
 
 
 @torch.no_grad()
-def project_targets(targets: list[Target]) -> dict[str, torch.Tensor]:
-    """Cut every target to its N:M pattern by magnitude; returns the masks."""
-    masks = {}
+def project_targets(targets: list[Target], masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Cut every target to its N:M pattern, with the given masks or else by magnitude; returns the masks."""
+    chosen = {}
     for t in targets:
-        mask = nxm_mask(t.module.weight, t.pattern.n, t.pattern.m)
+        mask = masks[t.name] if masks is not None else nxm_mask(t.module.weight, t.pattern.n, t.pattern.m)
         t.module.weight.mul_(mask)
-        masks[t.name] = mask
-    return masks
+        chosen[t.name] = mask
+    return chosen
 
 
 def raise_if_non_finite(layer: str | None, trainer: pl.Trainer, when: str) -> None:

@@ -99,7 +99,7 @@ class HardPruneCallback(Callback):
         if self.follow_admm:
             assert sparsify is not None
             self.targets = sparsify.targets
-            sparsify.add_end_listener(lambda tr, module: self._prune(tr, module, "the end of the ADMM phase"))
+            sparsify.add_end_listener(lambda tr, module, masks: self._prune(tr, module, "the end of the ADMM phase", masks))
         else:
             self.targets = self.spec.select(pl_module)
         if self._pending_state is not None:
@@ -118,7 +118,10 @@ class HardPruneCallback(Callback):
 
     # ---- pruning and masked fine-tuning --------------------------------------------------------------------------
 
-    def _prune(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
+    def _prune(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str, masks: dict[str, torch.Tensor] | None = None
+    ) -> None:
+        """Cut the targets to N:M: with ``masks`` (ADMM's choice) if given, else by magnitude."""
         if self.pruned:
             return
         evaluate = getattr(pl_module, "evaluate_score", None)
@@ -126,7 +129,7 @@ class HardPruneCallback(Callback):
         metrics: dict[str, float] = {}
         if loaders:
             metrics["prune/score_before"] = float(evaluate(loaders))
-        self.masks = project_targets(self.targets)
+        self.masks = project_targets(self.targets, masks)
         if loaders:
             metrics["prune/score_after"] = float(evaluate(loaders))
         metrics.update(self._sparsity_metrics())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
@@ -19,18 +19,28 @@ from callbacks._common import (
     refuse_sharded_strategy,
     restore_weights,
 )
-from nxm_lightning.admm import PENALTY_MODES, ADMMState, PenaltyMode, ZStepStats
+from nxm_lightning.admm import PENALTY_MODES, ADMMState, PenaltyMode, Saliency, ZStepStats
+from nxm_lightning.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
 from nxm_lightning.targets import Target, TargetSpec, describe_targets
+
+EndListener = Callable[[pl.Trainer, pl.LightningModule, dict[str, torch.Tensor]], None]
 
 
 class NxMSparsifyCallback(Callback):
     r"""Pull the targeted Linear weights towards N:M sparsity during fine-tuning with ADMM.
 
     Adds rho/2 ||W - Z + U||^2 to the objective of every targeted weight W, and every ``update_every`` optimizer
-    steps (default: each epoch end) sets Z = Proj_NxM(W + U) and U += W - Z. The ADMM phase ends at ``end_epoch``,
-    ``end_step`` or ``end_fraction`` of training (default: the end of fit); then a :class:`HardPruneCallback` in the
-    same trainer cuts the weights to exactly N:M and fine-tunes with the mask fixed. Without one, the weights are
-    only *near* N:M when fit ends, and a warning says so.
+    steps (default: each epoch end) sets Z = Proj_NxM(W + U) and U += W - Z. The ADMM phase runs from the start point
+    (``start_epoch`` / ``start_step`` / ``start_fraction``; default: the first step, so that training before it is a
+    dense phase) to the end point (``end_epoch`` / ``end_step`` / ``end_fraction``; default: the end of fit). Then a
+    :class:`HardPruneCallback` in the same trainer cuts the weights to exactly N:M and fine-tunes with the mask fixed.
+    Without one, the weights are only *near* N:M when fit ends, and a warning says so.
+
+    Convergence: every Z-step logs the primal residual, the dual residual, the mask flip rate, rho and the share of
+    the way the W-step went towards Z - U (``admm/w_step_progress``); at the end of the phase one line says whether it
+    converged (last flip rate <= ``converged_flip_rate`` and primal residual <= ``converged_residual``) or what to
+    change. ``rho_factor: auto`` grows rho geometrically from ``rho`` to ``rho_max`` at the phase's last Z-step, so that
+    the mask is free to move early and W sits on N:M at the end.
 
     Args:
         pattern: N:M, N kept of every M consecutive input features (NVIDIA's order; the paper writes "MxN"). ``"2:4"``.
@@ -38,21 +48,34 @@ class NxMSparsifyCallback(Callback):
             submodule named ``teacher`` are never targeted.
         pattern_overrides: ``{regex: "N:M"}`` per-layer patterns, e.g. ``{"intermediate": "1:4"}``.
         strict: error instead of warning for a layer whose ``in_features`` is not a multiple of M.
-        rho: penalty weight. ``penalty="gradient"``: 1e-3..1e-2 as in the paper; ``"decoupled"``: the fraction of
-            (W - Z + U) removed after each optimizer step, e.g. 0.01.
-        rho_factor / rho_max: multiply rho by ``rho_factor`` at each Z-step up to ``rho_max`` (1.0: constant).
-        penalty: ``"gradient"`` adds rho (W - Z + U) to W.grad before the optimizer step (the paper's way);
-            ``"decoupled"`` applies W -= rho (W - Z + U) after it, outside Adam's per-coordinate normalisation.
-        update_every: Z/U update every this many optimizer steps; None: once per epoch (the paper).
-        end_epoch / end_step / end_fraction: when the ADMM phase ends (at most one; none: at the end of fit).
+        rho: penalty weight (the first one when it grows). ``penalty="decoupled"``: the fraction of (W - Z + U)
+            removed after each optimizer step (default 0.01); ``"gradient"``: 1e-3..1e-2 as in the paper.
+        rho_factor / rho_max: multiply rho by ``rho_factor`` at each Z-step up to ``rho_max`` (1.0: constant);
+            ``"auto"`` (default): the factor that takes rho to ``rho_max`` (default 0.5) at the last Z-step of the
+            phase. A factor too small to reach ``rho_max`` inside the phase is refused before training starts.
+        penalty: ``"decoupled"`` (default) applies W -= rho (W - Z + U) after the optimizer step, outside Adam's
+            per-coordinate normalisation; ``"gradient"`` adds rho (W - Z + U) to W.grad before it (the paper's way).
+        saliency: what the Z-step (and the hard prune that follows) keeps in each group: ``"magnitude"`` of W + U
+            (the paper's) or ``"fisher"``, the running mean of squared gradients times (W + U)^2.
+        update_every: Z/U update every this many optimizer steps (default 20); None: once per epoch (the paper).
+            The defaults are those of ``configs/glue.yaml``, measured to converge (docs/RESULTS.md); the paper's
+            recipe is ``penalty="gradient", rho=1e-3, rho_factor=1.0, rho_max=None, update_every=None``.
+        start_epoch / start_step / start_fraction: when the ADMM phase starts (at most one; none: at the first step).
+        end_epoch / end_step / end_fraction: when it ends (at most one; none: at the end of fit). With
+            ``update_every: null`` the phase ends at the first epoch end at or after the end point.
+        converged_flip_rate / converged_residual: the thresholds of the convergence verdict.
+        end_when_converged: end the phase at the first Z-step that meets both thresholds (more steps are left for
+            fine-tuning with the mask fixed).
         eval_pruned: at each validation also score the model with every target projected to N:M (the cost of a hard
             prune at that moment), logged as ``val_pruned/score``; needs the module's ``evaluate_score``.
         log_per_layer: also log each layer's primal residual under ``admm_layers/``.
 
     Example::
 
-        trainer = Trainer(callbacks=[NxMSparsifyCallback("2:4", rho=0.01, penalty="decoupled", update_every=50,
-                                                         end_fraction=0.5), HardPruneCallback()])
+        # dense for the first quarter of training, ADMM until 60% (rho 0.01 -> 0.5), then prune and fine-tune
+        trainer = Trainer(callbacks=[NxMSparsifyCallback("2:4", penalty="decoupled", rho=0.01, rho_factor="auto",
+                                                         rho_max=0.5, update_every=20, start_fraction=0.25,
+                                                         end_fraction=0.6), HardPruneCallback()])
     """
 
     def __init__(
@@ -62,14 +85,21 @@ class NxMSparsifyCallback(Callback):
         exclude: list[str] | None = None,
         pattern_overrides: dict[str, str] | None = None,
         strict: bool = False,
-        rho: float = 1e-3,
-        rho_factor: float = 1.0,
-        rho_max: float | None = None,
-        penalty: PenaltyMode = "gradient",
-        update_every: int | None = None,
+        rho: float = 0.01,
+        rho_factor: float | Literal["auto"] = "auto",
+        rho_max: float | None = 0.5,
+        penalty: PenaltyMode = "decoupled",
+        saliency: Saliency = "magnitude",
+        update_every: int | None = 20,
+        start_epoch: int | None = None,
+        start_step: int | None = None,
+        start_fraction: float | None = None,
         end_epoch: int | None = None,
         end_step: int | None = None,
         end_fraction: float | None = None,
+        converged_flip_rate: float = 0.005,
+        converged_residual: float = 1e-3,
+        end_when_converged: bool = False,
         eval_pruned: bool = False,
         log_per_layer: bool = True,
     ) -> None:
@@ -77,36 +107,49 @@ class NxMSparsifyCallback(Callback):
             raise ValueError(f"penalty={penalty!r} is not valid; choose one of {list(PENALTY_MODES)}.")
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every={update_every} must be >= 1 (optimizer steps), or null for once per epoch.")
-        ends = {
-            k: v for k, v in (("end_epoch", end_epoch), ("end_step", end_step), ("end_fraction", end_fraction)) if v is not None
-        }
-        if len(ends) > 1:
-            raise ValueError(f"Set at most one of end_epoch, end_step, end_fraction; got {ends}.")
-        if end_fraction is not None and not 0 < end_fraction <= 1:
-            raise ValueError(f"end_fraction={end_fraction} must be in (0, 1].")
-        if (end_epoch is not None and end_epoch < 1) or (end_step is not None and end_step < 1):
-            raise ValueError(f"end_epoch / end_step must be >= 1; got {ends}.")
+        self.start = single_point("start", start_epoch, start_step, start_fraction)
+        self.end = single_point("end", end_epoch, end_step, end_fraction)
+        if self.start and self.end and self.start[0] == self.end[0] and self.start[1] >= self.end[1]:
+            raise ValueError(
+                f"The ADMM phase would start (start_{self.start[0]}={self.start[1]}) at or after its end "
+                f"(end_{self.end[0]}={self.end[1]}): set the start point before the end point."
+            )
+        if rho_factor == "auto":
+            if rho_max is None or rho_max <= rho:
+                raise ValueError(f"rho_factor: auto grows rho from rho={rho} to rho_max: set rho_max above rho (got {rho_max}).")
+        elif not isinstance(rho_factor, (int, float)):
+            raise ValueError(f"rho_factor={rho_factor!r} must be a number >= 1 or 'auto'.")
+        if not (0 <= converged_flip_rate <= 1 and converged_residual >= 0):
+            raise ValueError(
+                f"converged_flip_rate={converged_flip_rate} must be in [0, 1] and converged_residual={converged_residual} >= 0."
+            )
         self.spec = TargetSpec(pattern, include, exclude, pattern_overrides, strict)
-        self.admm_args = {"rho": rho, "rho_factor": rho_factor, "rho_max": rho_max, "penalty": penalty}
+        self.rho_factor = rho_factor
+        self.admm_args = {"rho": rho, "rho_factor": 1.0 if rho_factor == "auto" else rho_factor, "rho_max": rho_max,
+                          "penalty": penalty, "saliency": saliency}  # fmt: skip
         # Validate rho now, so that a bad config fails before any model is loaded (TargetSpec checks the patterns).
         ADMMState([], **self.admm_args)
         self.update_every = update_every
-        self.end_epoch, self.end_step, self.end_fraction = end_epoch, end_step, end_fraction
+        self.converged_flip_rate, self.converged_residual = converged_flip_rate, converged_residual
+        self.end_when_converged = end_when_converged
         self.eval_pruned = eval_pruned
         self.log_per_layer = log_per_layer
         self.targets: list[Target] = []
         self.admm: ADMMState | None = None
         self.finished = False
         self.last_stats: ZStepStats | None = None
+        self.start_step = 0
+        self.end_step: int | None = None
         self._pending_state: dict[str, Any] | None = None
-        self._end_listeners: list[Callable[[pl.Trainer, pl.LightningModule], None]] = []
+        self._end_listeners: list[EndListener] = []
 
     @property
     def state_key(self) -> str:
         return self._generate_state_key(pattern=self.spec.pattern, include=self.spec.include)
 
-    def add_end_listener(self, listener: Callable[[pl.Trainer, pl.LightningModule], None]) -> None:
-        """Call ``listener(trainer, pl_module)`` when the ADMM phase ends (HardPruneCallback registers itself)."""
+    def add_end_listener(self, listener: EndListener) -> None:
+        """Call ``listener(trainer, pl_module, masks)`` when the ADMM phase ends, with the N:M masks a cut keeps under
+        this callback's saliency (HardPruneCallback registers itself and prunes with them)."""
         self._end_listeners.append(listener)
 
     # ---- setup ---------------------------------------------------------------------------------------------------
@@ -127,7 +170,7 @@ class NxMSparsifyCallback(Callback):
         assert self.admm is not None
         if self._pending_state is not None:
             self.finished = bool(self._pending_state["finished"])
-            if not self.finished:
+            if "admm" in self._pending_state:
                 self.admm.load_state_dict(self._pending_state["admm"])
             self._pending_state = None
         rank_zero_info(f"NxMSparsifyCallback targets ({self.admm.penalty} penalty, rho={self.admm.rho}):\n"
@@ -138,9 +181,62 @@ class NxMSparsifyCallback(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.admm is not None
-        if not self.admm.initialized and not self.finished:
-            self.admm.initialize()
+        self._plan_phase(trainer)
         self._seen_step = trainer.global_step
+        self._maybe_start(trainer)
+
+    def _plan_phase(self, trainer: pl.Trainer) -> None:
+        """Turn the start and end points into optimizer steps and check them (and the rho schedule) before step one."""
+        assert self.admm is not None
+        total = int(trainer.estimated_stepping_batches)
+        batches = trainer.num_training_batches  # inf for an iterable without a length
+        per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches)) if math.isfinite(batches) else total
+        self.start_step = point_to_step(self.start, total, per_epoch) if self.start else 0
+        # No end point: the phase lasts to the end of fit (planned as ending at the last step).
+        self.end_step = point_to_step(self.end, total, per_epoch) if self.end else None
+        end_step = self.end_step if self.end_step is not None else total
+        where = f"training has {total} optimizer steps ({per_epoch} per epoch)"
+        if self.start_step >= total:
+            raise ValueError(
+                f"The ADMM phase would start at step {self.start_step}, but {where}: lower the start point or train longer."
+            )
+        if self.start_step >= end_step:
+            raise ValueError(
+                f"The ADMM phase would start at step {self.start_step} and end at step {end_step} ({where}): set the "
+                "start point before the end point."
+            )
+        zsteps = zsteps_in_phase(self.start_step, min(end_step, total), self.update_every, per_epoch)
+        rho, rho_max = self.admm_args["rho"], self.admm_args["rho_max"]
+        if self.rho_factor == "auto":
+            if zsteps < 2:
+                raise ValueError(
+                    f"rho_factor: auto grows rho from {rho} to rho_max={rho_max} over the phase's Z-steps, but the phase "
+                    f"(steps {self.start_step} to {end_step}) has {zsteps}: Z-step more often (update_every) or lengthen it."
+                )
+            self.admm.rho_factor = geometric_rho_factor(rho, rho_max, zsteps)
+        elif rho_max is not None and self.rho_factor > 1:
+            reached = rho_sequence(rho, self.rho_factor, rho_max, zsteps)[-1] if zsteps else rho
+            if reached < rho_max * (1 - 1e-6):
+                needed = geometric_rho_factor(rho, rho_max, zsteps)
+                raise ValueError(
+                    f"rho grows from {rho} by x{self.rho_factor} per Z-step, but the phase (steps {self.start_step} to "
+                    f"{end_step}) has only {zsteps} Z-steps, so rho reaches {reached:.3g}, not rho_max={rho_max}. "
+                    f"Use rho_factor >= {needed:.3f} (or rho_factor: auto), Z-step more often (update_every), or "
+                    "lengthen the phase."
+                )
+        self.zsteps_planned = zsteps
+
+    def _maybe_start(self, trainer: pl.Trainer) -> None:
+        assert self.admm is not None
+        if self.admm.initialized or self.finished or trainer.global_step < self.start_step:
+            return
+        self.admm.initialize()
+        rank_zero_info(
+            f"NxMSparsifyCallback: ADMM phase starts at step {trainer.global_step} (ends at step "
+            f"{self.end_step if self.end_step is not None else 'the end of fit'}; "
+            f"{self.zsteps_planned} Z-steps; rho {self.admm.rho:.3g} x{self.admm.rho_factor:.4g} per Z-step"
+            + (f", up to {self.admm.rho_max:.3g})." if self.admm.rho_max is not None else ").")
+        )
 
     # ---- the ADMM loop -------------------------------------------------------------------------------------------
 
@@ -149,13 +245,20 @@ class NxMSparsifyCallback(Callback):
         return self.admm is not None and self.admm.initialized and not self.finished
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
-        if self.active and self.admm.penalty == "gradient":  # type: ignore[union-attr]
-            self.admm.add_penalty_grad()  # type: ignore[union-attr]
+        if not self.active:
+            return
+        assert self.admm is not None
+        self.admm.accumulate_fisher()
+        if self.admm.penalty == "gradient":
+            self.admm.add_penalty_grad()
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not self.active or not optimizer_stepped(self, trainer):
+        if not optimizer_stepped(self, trainer):
+            return
+        if not self.active:
+            self._maybe_start(trainer)
             return
         assert self.admm is not None
         loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
@@ -163,23 +266,25 @@ class NxMSparsifyCallback(Callback):
             raise_if_non_finite(self.admm.non_finite_layer() or "(none of the weights: the loss)", trainer, "in the loss")
         if self.admm.penalty == "decoupled":
             self.admm.apply_decoupled_pull()
-        if self.update_every is not None and trainer.global_step % self.update_every == 0:
-            self._z_step(trainer)
-        if (self.end_step is not None and trainer.global_step >= self.end_step) or (
-            self.end_fraction is not None
-            and trainer.global_step >= math.ceil(self.end_fraction * trainer.estimated_stepping_batches)
-        ):
+        if self.update_every is None:
+            return  # Z-steps and the end of the phase at epoch ends
+        converged = False
+        if trainer.global_step % self.update_every == 0:
+            converged = self._z_step(trainer)
+        if converged and self.end_when_converged:
+            self._end(trainer, pl_module, f"step {trainer.global_step} (converged)")
+        elif self.end_step is not None and trainer.global_step >= self.end_step:
             self._end(trainer, pl_module, f"step {trainer.global_step}")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if not self.active:
+        if not self.active or self.update_every is not None:
             return
-        if self.update_every is None:
-            self._z_step(trainer)
-        if self.end_epoch is not None and trainer.current_epoch + 1 >= self.end_epoch:
+        converged = self._z_step(trainer)
+        if (converged and self.end_when_converged) or (self.end_step is not None and trainer.global_step >= self.end_step):
             self._end(trainer, pl_module, f"the end of epoch {trainer.current_epoch}")
 
-    def _z_step(self, trainer: pl.Trainer) -> None:
+    def _z_step(self, trainer: pl.Trainer) -> bool:
+        """One Z/U update, logged; returns whether it met the convergence thresholds."""
         assert self.admm is not None
         raise_if_non_finite(self.admm.non_finite_layer(), trainer, "before the Z-step")
         stats = self.admm.z_step()
@@ -192,18 +297,44 @@ class NxMSparsifyCallback(Callback):
         }
         if not all(math.isfinite(v) for v in metrics.values()):
             raise_if_non_finite(self.admm.non_finite_layer() or "(residual)", trainer, "in the ADMM residuals")
+        if math.isfinite(stats.w_step_progress):
+            metrics["admm/w_step_progress"] = stats.w_step_progress
         if self.log_per_layer:
             metrics.update({f"admm_layers/{name}": value for name, value in stats.per_layer_primal.items()})
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
+        return stats.converged(self.converged_flip_rate, self.converged_residual)
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
         assert self.admm is not None
         self.finished = True
-        rank_zero_info(f"NxMSparsifyCallback: ADMM phase ended at {when} after {self.admm.zstep_count} Z-steps.")
+        rank_zero_info(f"NxMSparsifyCallback: ADMM phase ended at {when} after {self.admm.zstep_count} Z-steps. "
+                       + self.verdict())  # fmt: skip
+        masks = self.admm.cut_masks()
         self.admm.release()
         for listener in self._end_listeners:
-            listener(trainer, pl_module)
+            listener(trainer, pl_module, masks)
+
+    def verdict(self) -> str:
+        """One line: did the phase converge (mask settled, W on N:M), and if not, what to change."""
+        stats = self.last_stats
+        if stats is None:
+            return (
+                "NOT converged: no Z-step was taken. Lengthen the phase or Z-step more often (update_every), so that "
+                "several Z/U updates fit in it."
+            )
+        measured = (
+            f"last mask flip rate {stats.mask_flip_rate:.2%} (threshold {self.converged_flip_rate:.2%}), primal residual "
+            f"{stats.primal_residual:.2g} (threshold {self.converged_residual:.2g}), rho {stats.rho:.3g}"
+        )
+        if stats.converged(self.converged_flip_rate, self.converged_residual):
+            return f"Converged: {measured}."
+        hint = (
+            "the mask still moves: grow rho further (rho_max, or rho_factor: auto) or lengthen the phase"
+            if stats.mask_flip_rate > self.converged_flip_rate
+            else "W is not yet on N:M: raise rho_max (the pull at the end of the phase) or Z-step less often"
+        )
+        return f"NOT converged ({measured}): {hint}. The hard prune will cost accuracy."
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.finished and not self._end_listeners:
@@ -212,7 +343,7 @@ class NxMSparsifyCallback(Callback):
                 "weights are near N:M but NOT exactly N:M. Add HardPruneCallback to the trainer's callbacks to cut "
                 "them to N:M (and fine-tune with the mask fixed), or project them yourself with nxm_lightning.nxm_project."
             )
-        elif not self.finished:
+        elif not self.finished and self.active:
             self._end(trainer, pl_module, "the end of fit")
 
     # ---- pruned evaluation ---------------------------------------------------------------------------------------
@@ -244,7 +375,7 @@ _CUSTOM_SCALARS = {
     "ADMM": {
         "residuals": ["Multiline", ["admm/primal_residual", "admm/dual_residual"]],
         "mask flip rate": ["Multiline", ["admm/mask_flip_rate"]],
-        "rho": ["Multiline", ["admm/rho"]],
+        "rho and W-step progress": ["Multiline", ["admm/rho", "admm/w_step_progress"]],
         "per-layer primal residual": ["Multiline", ["admm_layers/.*"]],
         "pruned vs dense score": ["Multiline", ["val/score", "val_pruned/score"]],
     }

@@ -6,7 +6,13 @@ Problem, per targeted weight W: minimise task_loss(W) + rho/2 ||W - Z + U||^2 su
   (``penalty="decoupled"``: ``W -= rho (W - Z + U)``). The decoupled step matters with Adam: Adam normalises each
   coordinate's step to about the learning rate whatever the gradient's size, so a penalty inside the gradient can
   move a weight only about sum(lr) over a whole run, too little to reach N:M in a fine-tuning budget.
-- Z-step: ``Z = Proj_NxM(W + U)``; U-step: ``U += W - Z``.
+- Z-step: ``Z = Proj_NxM(W + U)``; U-step: ``U += W - Z``. ``Proj`` keeps, in each group of M, the N entries of
+  largest saliency: ``|W + U|`` (``saliency="magnitude"``, the paper's), or ``F (W + U)^2`` with F a running mean of the
+  squared gradients (``saliency="fisher"``: the diagonal-Fisher estimate of the loss increase of zeroing an entry, so
+  the task, not only the size, decides which weights stay).
+
+Convergence is measured at every Z-step (:class:`ZStepStats`): the primal residual (how far W is from N:M), the mask
+flip rate, and how far the W-step went from where the last update left it towards its target Z - U.
 
 Pure PyTorch: no Lightning here.
 """
@@ -24,6 +30,10 @@ from nxm_lightning.targets import Target
 
 PenaltyMode = Literal["gradient", "decoupled"]
 PENALTY_MODES = ("gradient", "decoupled")
+Saliency = Literal["magnitude", "fisher"]
+SALIENCIES = ("magnitude", "fisher")
+# Running mean of the squared gradients for saliency="fisher": about the last 100 optimizer steps.
+FISHER_DECAY = 0.99
 
 
 @dataclass
@@ -33,8 +43,15 @@ class ZStepStats:
     primal_residual: float  # sum ||W - Z||^2 / sum ||W||^2 after the update
     dual_residual: float  # rho * ||Z - Z_prev|| / ||Z||
     mask_flip_rate: float  # share of mask entries that changed
-    rho: float
+    rho: float  # the rho the W-step before this update ran with
+    # 1 - ||W - Z + U|| / (the same right after the previous update, or initialize()): the share of the way the W-step
+    # went towards its target Z - U (1: it solved its subproblem; < 0: it moved away).
+    w_step_progress: float = math.nan
     per_layer_primal: dict[str, float] = field(default_factory=dict)
+
+    def converged(self, max_flip_rate: float, max_primal_residual: float) -> bool:
+        """The mask has settled and W sits on N:M: a hard prune now costs (almost) nothing."""
+        return self.mask_flip_rate <= max_flip_rate and self.primal_residual <= max_primal_residual
 
 
 class ADMMState:
@@ -46,6 +63,7 @@ class ADMMState:
         rho_factor: rho is multiplied by this at every Z-step (1.0 keeps it constant) ...
         rho_max: ... up to this cap.
         penalty: ``"gradient"`` or ``"decoupled"`` (see the module docstring).
+        saliency: ``"magnitude"`` or ``"fisher"``: what the Z-step and :meth:`cut_masks` rank within each group.
     """
 
     def __init__(
@@ -55,14 +73,17 @@ class ADMMState:
         rho_factor: float = 1.0,
         rho_max: float | None = None,
         penalty: PenaltyMode = "gradient",
+        saliency: Saliency = "magnitude",
     ) -> None:
         if penalty not in PENALTY_MODES:
             raise ValueError(f"penalty={penalty!r} is not one of {PENALTY_MODES}.")
+        if saliency not in SALIENCIES:
+            raise ValueError(f"saliency={saliency!r} is not one of {SALIENCIES}.")
         if not (math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho={rho} must be a positive finite number (the paper uses 1e-3 to 1e-2).")
         if rho_factor < 1:
             raise ValueError(f"rho_factor={rho_factor} must be >= 1 (1 keeps rho constant).")
-        if penalty == "decoupled" and max(rho, rho_max if rho_factor > 1 and rho_max else rho) >= 1:
+        if penalty == "decoupled" and max(rho, rho_max or rho) >= 1:
             raise ValueError(
                 f"With penalty='decoupled', rho (={rho}) and rho_max (={rho_max}) are the fraction of (W - Z + U) "
                 "removed per step: use values in (0, 1), e.g. rho=0.01, and set rho_max below 1 when rho grows."
@@ -74,10 +95,14 @@ class ADMMState:
         self.rho_factor = float(rho_factor)
         self.rho_max = float(rho_max) if rho_max is not None else None
         self.penalty = penalty
+        self.saliency = saliency
         self.zstep_count = 0
         self.z: dict[str, torch.Tensor] = {}
         self.u: dict[str, torch.Tensor] = {}
         self.mask: dict[str, torch.Tensor] = {}
+        self.fisher: dict[str, torch.Tensor] = {}
+        # ||W - Z + U|| right after the last update: the distance the next W-step has to cover.
+        self.gap_after_update = math.nan
 
     @property
     def initialized(self) -> bool:
@@ -91,6 +116,41 @@ class ADMMState:
             self.mask[t.name] = nxm_mask(w, t.pattern.n, t.pattern.m)
             self.z[t.name] = w.detach() * self.mask[t.name]
             self.u[t.name] = torch.zeros_like(w, memory_format=torch.contiguous_format).detach()
+            if self.saliency == "fisher":
+                self.fisher[t.name] = torch.zeros_like(self.u[t.name])
+        self.gap_after_update = self._gap()
+
+    @torch.no_grad()
+    def accumulate_fisher(self) -> None:
+        """F = d F + (1 - d) grad^2 for ``saliency="fisher"``: call with the (unscaled) gradients of each step."""
+        if self.saliency != "fisher":
+            return
+        for t in self.targets:
+            grad = t.module.weight.grad
+            if grad is not None:
+                self.fisher[t.name].mul_(FISHER_DECAY).addcmul_(grad, grad, value=1 - FISHER_DECAY)
+
+    def _score(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """What the N:M projection ranks: ``|value|``, or ``F value^2`` (+ a tie-break by magnitude) for fisher."""
+        if self.saliency == "magnitude":
+            return value
+        scale = float(self.fisher[name].max())
+        if scale <= 0:  # no gradient seen yet
+            return value
+        # Scaled so that ties in F (e.g. all zero for an unused input) are still broken by magnitude.
+        return (self.fisher[name] / scale + 1e-12) * value.square()
+
+    @torch.no_grad()
+    def cut_masks(self) -> dict[str, torch.Tensor]:
+        """The N:M masks of the current W under this state's saliency: what a hard prune at this moment keeps."""
+        return {t.name: nxm_mask(self._score(t.name, t.module.weight.detach().float()), t.pattern.n, t.pattern.m)
+                for t in self.targets}  # fmt: skip
+
+    @torch.no_grad()
+    def _gap(self) -> float:
+        """||W - Z + U|| over all targets."""
+        return math.sqrt(sum(float(torch.linalg.vector_norm(self._violation(t, t.module.weight).float())) ** 2
+                             for t in self.targets))  # fmt: skip
 
     @torch.no_grad()
     def add_penalty_grad(self) -> None:
@@ -123,6 +183,7 @@ class ADMMState:
     @torch.no_grad()
     def z_step(self) -> ZStepStats:
         """Z = Proj(W + U); U += W - Z; then the rho schedule (U rescaled so that rho * U, the dual, is kept)."""
+        gap_before = self._gap()
         w_sq = z_sq = primal_sq = dual_sq = 0.0
         flips = total = 0
         per_layer: dict[str, float] = {}
@@ -130,7 +191,7 @@ class ADMMState:
             w = t.module.weight.detach().to(self.z[t.name].dtype)
             z_prev = self.z[t.name]
             z = w + self.u[t.name]
-            mask = nxm_mask(z, t.pattern.n, t.pattern.m)
+            mask = nxm_mask(self._score(t.name, z), t.pattern.n, t.pattern.m)
             z.mul_(mask)  # in place: W + U is not needed once projected
             violation = w - z
             self.u[t.name].add_(violation)
@@ -150,10 +211,12 @@ class ADMMState:
             dual_residual=self.rho * math.sqrt(dual_sq) / max(math.sqrt(z_sq), 1e-30),
             mask_flip_rate=flips / max(total, 1),
             rho=self.rho,
+            w_step_progress=1 - gap_before / self.gap_after_update if self.gap_after_update > 0 else math.nan,
             per_layer_primal=per_layer,
         )
         self.zstep_count += 1
         self._advance_rho()
+        self.gap_after_update = self._gap()
         return stats
 
     def _advance_rho(self) -> None:
@@ -165,13 +228,6 @@ class ADMMState:
                 u.mul_(self.rho / new_rho)
             self.rho = new_rho
 
-    @torch.no_grad()
-    def primal_residual(self) -> float:
-        """sum ||W - Z||^2 / sum ||W||^2 for the current W."""
-        num = sum(float((t.module.weight.detach() - self.z[t.name]).pow(2).sum()) for t in self.targets)
-        den = sum(float(t.module.weight.detach().pow(2).sum()) for t in self.targets)
-        return num / max(den, 1e-30)
-
     def non_finite_layer(self) -> str | None:
         """Name of the first layer whose W, Z or U holds a NaN or Inf, else None."""
         for t in self.targets:
@@ -182,10 +238,10 @@ class ADMMState:
 
     def release(self) -> None:
         """Free Z, U and the masks once the ADMM phase is over."""
-        self.z, self.u, self.mask = {}, {}, {}
+        self.z, self.u, self.mask, self.fisher = {}, {}, {}, {}
 
     def to(self, device: torch.device) -> None:
-        for store in (self.z, self.u, self.mask):
+        for store in (self.z, self.u, self.mask, self.fisher):
             for name, tensor in store.items():
                 store[name] = tensor.to(device)
 
@@ -194,11 +250,13 @@ class ADMMState:
         return {
             "rho": self.rho,
             "zstep_count": self.zstep_count,
+            "gap_after_update": self.gap_after_update,
             "patterns": {t.name: str(t.pattern) for t in self.targets},
             "shapes": {t.name: list(t.shape) for t in self.targets},
             "z": {k: v.cpu() for k, v in self.z.items()},
             "u": {k: v.cpu() for k, v in self.u.items()},
             "mask": {k: v.cpu() for k, v in self.mask.items()},
+            "fisher": {k: v.cpu() for k, v in self.fisher.items()},
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -210,6 +268,14 @@ class ADMMState:
         self.z = {k: v.to(device) for k, v in state["z"].items()}
         self.u = {k: v.to(device) for k, v in state["u"].items()}
         self.mask = {k: v.to(device) for k, v in state["mask"].items()}
+        # Checkpoints from before saliency="fisher" existed have neither entry.
+        self.gap_after_update = float(state.get("gap_after_update", math.nan))
+        self.fisher = {k: v.to(device) for k, v in state.get("fisher", {}).items()}
+        if self.saliency == "fisher" and set(self.fisher) != {t.name for t in self.targets}:
+            raise ValueError(
+                "This checkpoint's ADMM state has no Fisher estimate (it was written with saliency='magnitude'). "
+                "Resume with saliency: magnitude, or start a new run without ckpt_path."
+            )
 
 
 def check_layers_match(patterns: dict[str, str], shapes: dict[str, list[int]], targets: list[Target], what: str) -> None:

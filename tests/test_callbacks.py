@@ -2,18 +2,30 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import lightning.pytorch as pl
 import pytest
 import torch
 from conftest import ToyModule, toy_loader, toy_trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
 from nxm_lightning.nxm import is_nxm
 from nxm_lightning.sparse_linear import NxMLinear
 
 INCLUDE = [r"^net\.[02]$"]  # the two hidden Linear layers; net.4 (16 -> 1) is the head
+
+
+class OnStep(Callback):
+    """A probe: calls ``fn(trainer, pl_module)`` after every training batch, after the callbacks listed before it."""
+
+    def __init__(self, fn: Callable[[pl.Trainer, pl.LightningModule], None]) -> None:
+        self.fn = fn
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.fn(trainer, pl_module)
 
 
 def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -40,19 +52,20 @@ def test_residual_falls_during_admm(tmp_path: Path) -> None:
     sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.1, penalty="decoupled", update_every=4)
     residuals: list[float] = []
 
-    class Record(HardPruneCallback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-            if sparsify.last_stats is not None and trainer.global_step % 4 == 0:
-                residuals.append(sparsify.last_stats.primal_residual)
+    def record(trainer, pl_module) -> None:  # noqa: ANN001
+        if sparsify.last_stats is not None and trainer.global_step % 4 == 0:
+            residuals.append(sparsify.last_stats.primal_residual)
 
-    toy_trainer(tmp_path, [sparsify, Record(backend="masked")], max_epochs=6).fit(ToyModule(lr=1e-3), toy_loader())
+    toy_trainer(tmp_path, [sparsify, HardPruneCallback(backend="masked"), OnStep(record)], max_epochs=6).fit(
+        ToyModule(lr=1e-3), toy_loader()
+    )
     assert len(residuals) >= 8
     assert residuals[-1] < 0.5 * residuals[0]
 
 
 def test_gradient_penalty_mode_adds_rho_times_violation(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.5)
+    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient")
     model = ToyModule(lr=0.0)  # lr 0: weights stay, so the gradient can be checked after the hook
     seen: dict[str, torch.Tensor] = {}
 
@@ -62,7 +75,7 @@ def test_gradient_penalty_mode_adds_rho_times_violation(tmp_path: Path) -> None:
             sparsify.on_before_optimizer_step(trainer, pl_module, optimizer)
             seen["after"] = pl_module.net[0].weight.grad.clone()
 
-    spy = Spy("2:4", include=INCLUDE)
+    spy = Spy("2:4", include=INCLUDE, penalty="gradient", rho_factor=1.0)
     trainer = toy_trainer(tmp_path, [spy], max_steps=1)
     sparsify.setup(trainer, model, "fit")
     sparsify.admm.initialize()  # type: ignore[union-attr]
@@ -78,14 +91,13 @@ def test_masked_fine_tuning_keeps_zeros_with_adamw(tmp_path: Path) -> None:
     prune = HardPruneCallback(include=INCLUDE, backend="masked")
     zeros_after_cut: dict[str, torch.Tensor] = {}
 
-    class Check(HardPruneCallback):
-        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-            for name in ("net.0", "net.2"):
-                weight = pl_module.get_submodule(name).weight
-                zeros_after_cut.setdefault(name, weight == 0)
-                assert torch.all(weight[zeros_after_cut[name]] == 0)
+    def check(trainer, pl_module) -> None:  # noqa: ANN001
+        for name in ("net.0", "net.2"):
+            weight = pl_module.get_submodule(name).weight
+            zeros_after_cut.setdefault(name, weight == 0)
+            assert torch.all(weight[zeros_after_cut[name]] == 0)
 
-    trainer = toy_trainer(tmp_path, [prune, Check(include=INCLUDE, at_step=10**9, score_at_prune=False)], max_epochs=3)
+    trainer = toy_trainer(tmp_path, [prune, OnStep(check)], max_epochs=3)
     before = weights(model)
     trainer.fit(model, toy_loader())
     assert prune.pruned
@@ -103,24 +115,36 @@ def test_prune_happens_at_fit_end_if_training_stops_early(tmp_path: Path) -> Non
 
 
 def test_sparsify_alone_warns_at_fit_end(tmp_path: Path) -> None:
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.01)
+    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, update_every=2)
     with pytest.warns(UserWarning, match="NOT exactly N:M"):
         toy_trainer(tmp_path, [sparsify], max_epochs=1).fit(ToyModule(), toy_loader())
 
 
-def _resume_run(tmp_path: Path, interrupt: bool) -> dict[str, torch.Tensor]:
+def _resume_run(tmp_path: Path, interrupt: bool, start_step: int | None = None, stop_epochs: int = 2) -> dict[str, torch.Tensor]:
     torch.manual_seed(0)
 
     def callbacks() -> list:
         return [
-            NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.05, penalty="decoupled", update_every=3, end_step=20),
+            NxMSparsifyCallback(
+                "2:4",
+                include=INCLUDE,
+                rho=0.05,
+                rho_factor="auto",
+                rho_max=0.4,
+                penalty="decoupled",
+                update_every=3,
+                start_step=start_step,
+                end_step=20,
+            ),  # fmt: skip
             HardPruneCallback(backend="masked"),
             ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_epochs=1),
         ]
 
     model = ToyModule()
     if interrupt:
-        toy_trainer(tmp_path, callbacks(), max_epochs=2).fit(model, toy_loader())  # stops mid-ADMM (16 of 20 steps)
+        # Killed after `stop_epochs` of the same 5-epoch run (no fit-end hooks run, as with a real kill)
+        with pytest.raises(Killed):
+            toy_trainer(tmp_path, [*callbacks(), KillAfter(stop_epochs)], max_epochs=5).fit(model, toy_loader())
         model = ToyModule()
         toy_trainer(tmp_path, callbacks(), max_epochs=5).fit(model, toy_loader(), ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     else:
@@ -128,18 +152,118 @@ def _resume_run(tmp_path: Path, interrupt: bool) -> dict[str, torch.Tensor]:
     return {name: model.get_submodule(name).dense_weight() for name in ("net.0", "net.2")}
 
 
-def test_resume_is_exact(tmp_path: Path) -> None:
-    straight = _resume_run(tmp_path / "a", interrupt=False)
-    resumed = _resume_run(tmp_path / "b", interrupt=True)
+class Killed(Exception):
+    pass
+
+
+class KillAfter(Callback):
+    """Stops the run at the start of epoch ``epochs``, after that epoch's checkpoint, without fit-end hooks."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
+        if trainer.current_epoch >= self.epochs:
+            raise Killed
+
+
+@pytest.mark.parametrize(
+    ("start_step", "stop_epochs"),
+    [(None, 2), (10, 1), (10, 2)],
+    ids=["mid-admm", "in-the-dense-phase", "mid-admm-after-a-dense-phase"],
+)
+def test_resume_is_exact(tmp_path: Path, start_step: int | None, stop_epochs: int) -> None:
+    # 8 steps an epoch: stopped at step 8 (before a start at 10) or at step 16 (in the phase, which ends at 20)
+    straight = _resume_run(tmp_path / "a", interrupt=False, start_step=start_step)
+    resumed = _resume_run(tmp_path / "b", interrupt=True, start_step=start_step, stop_epochs=stop_epochs)
     for name in straight:
         assert torch.allclose(straight[name], resumed[name], atol=1e-6), name
 
 
+class PhaseProbe(Callback):
+    """Records, after every optimizer step, whether the ADMM phase is running and how many Z-steps it took."""
+
+    def __init__(self, sparsify: NxMSparsifyCallback) -> None:
+        self.sparsify = sparsify
+        self.steps: list[tuple[int, bool, int]] = []
+        self.weights_at: dict[int, torch.Tensor] = {}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        admm = self.sparsify.admm
+        self.steps.append((trainer.global_step, self.sparsify.active, admm.zstep_count if admm else 0))
+        self.weights_at[trainer.global_step] = pl_module.net[0].weight.detach().clone()
+
+
+def test_dense_phase_then_admm_from_the_start_point(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    plain = ToyModule()
+    toy_trainer(tmp_path / "plain", [], max_steps=8).fit(plain, toy_loader())
+    torch.manual_seed(0)
+    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.05, penalty="decoupled", update_every=4,
+                                   start_step=8, end_step=24)  # fmt: skip
+    probe = PhaseProbe(sparsify)
+    toy_trainer(tmp_path / "admm", [sparsify, HardPruneCallback(backend="masked"), probe], max_epochs=4).fit(
+        ToyModule(), toy_loader()
+    )
+    active = [step for step, running, _ in probe.steps if running]
+    assert active == list(range(8, 24))  # started after step 8, ended at step 24
+    assert torch.equal(probe.weights_at[8], plain.net[0].weight)  # before the start: plain dense training
+    zsteps_at = [step for (step, _, count), (_, _, before) in zip(probe.steps[1:], probe.steps) if count > before]
+    assert zsteps_at == [12, 16, 20, 24]
+
+
+def _converging_run(tmp_path: Path, **kwargs: object) -> NxMSparsifyCallback:
+    torch.manual_seed(0)
+    args = dict(include=INCLUDE, penalty="decoupled", rho=0.01, rho_factor=1.0, update_every=4, start_step=16, end_step=96)
+    sparsify = NxMSparsifyCallback("2:4", **{**args, **kwargs})
+    toy_trainer(tmp_path, [sparsify, HardPruneCallback(backend="masked")], max_epochs=14).fit(ToyModule(), toy_loader())
+    return sparsify
+
+
+def test_growing_rho_converges_on_a_tiny_model(tmp_path: Path) -> None:
+    closing = _converging_run(tmp_path / "auto", rho_factor="auto", rho_max=0.5)
+    stats = closing.last_stats
+    assert stats is not None and stats.rho == pytest.approx(0.5)
+    assert stats.mask_flip_rate <= 0.005 and stats.primal_residual <= 1e-3
+    assert closing.verdict().startswith("Converged: last mask flip rate")
+    constant = _converging_run(tmp_path / "constant")  # rho 0.01 throughout: W never gets to N:M in the phase
+    assert constant.last_stats is not None and constant.last_stats.primal_residual > 1e-3
+    assert "NOT converged" in constant.verdict()
+
+
+def test_end_when_converged_ends_the_phase_early(tmp_path: Path) -> None:
+    sparsify = _converging_run(tmp_path, rho=0.3, end_when_converged=True)
+    assert sparsify.finished and sparsify.admm is not None and sparsify.admm.zstep_count < 20
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"start_step": 200}, r"would start at step 200, but training has 16 optimizer steps \(8 per epoch\)"),
+        ({"start_fraction": 0.5, "end_step": 6}, "would start at step 8 and end at step 6"),
+        (
+            {"rho_factor": "auto", "update_every": 20},
+            r"to rho_max=0.5 over the phase's Z-steps, but the phase \(steps 0 to 16\) has 0",
+        ),
+        (
+            {"rho_factor": 1.1, "rho_max": 0.5, "update_every": 2},
+            r"only 8 Z-steps, so rho reaches 0.0195, not rho_max=0.5. Use rho_factor >= 1.749",
+        ),
+    ],
+)
+def test_phase_refused_before_training(tmp_path: Path, kwargs: dict, message: str) -> None:
+    sparsify = NxMSparsifyCallback("2:4", **{"include": INCLUDE, "rho_factor": 1.0, **kwargs})
+    probe = PhaseProbe(sparsify)
+    with pytest.raises(ValueError, match=message):
+        toy_trainer(tmp_path, [sparsify, probe], max_epochs=2).fit(ToyModule(), toy_loader())
+    assert probe.steps == []  # refused before the first step
+
+
 def test_resume_refuses_other_pattern(tmp_path: Path) -> None:
     model = ToyModule()
-    first = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.01)
+    first = NxMSparsifyCallback("2:4", include=INCLUDE, update_every=2)
     toy_trainer(tmp_path, [first, ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=1).fit(model, toy_loader())
-    other = NxMSparsifyCallback("2:4", include=INCLUDE, pattern_overrides={"net.2": "1:4"}, rho=0.01)
+    other = NxMSparsifyCallback("2:4", include=INCLUDE, pattern_overrides={"net.2": "1:4"}, update_every=2)
     assert other.state_key == first.state_key  # the config's overrides were edited between the runs
     with pytest.raises(ValueError, match="another model or N:M pattern"):
         toy_trainer(tmp_path, [other], max_epochs=2).fit(ToyModule(), toy_loader(), ckpt_path=tmp_path / "last.ckpt")
@@ -154,6 +278,13 @@ def test_resume_refuses_other_pattern(tmp_path: Path) -> None:
         ({"end_epoch": 1, "end_step": 5}, "at most one"),
         ({"end_fraction": 1.5}, "end_fraction"),
         ({"rho": -1.0}, "rho"),
+        ({"start_epoch": 3, "end_epoch": 2}, r"start \(start_epoch=3\) at or after its end \(end_epoch=2\)"),
+        ({"start_step": 1, "start_fraction": 0.2}, "at most one of start_epoch, start_step, start_fraction"),
+        ({"rho_max": None}, "rho_factor: auto grows rho .* set rho_max above rho"),
+        ({"rho_max": 1.5}, r"rho_max \(=1.5\) are the fraction of \(W - Z \+ U\) removed per step"),
+        ({"rho_factor": "fast"}, "rho_factor='fast' must be a number >= 1 or 'auto'"),
+        ({"saliency": "size"}, "saliency"),
+        ({"converged_flip_rate": 2.0}, "converged_flip_rate=2.0 must be in"),
     ],
 )
 def test_sparsify_bad_arguments(kwargs: dict, message: str) -> None:
@@ -179,5 +310,24 @@ def test_export_before_prune_is_an_error() -> None:
         HardPruneCallback().export(ToyModule())
 
 
-def test_state_keys_let_two_instances_coexist() -> None:
-    assert NxMSparsifyCallback("2:4").state_key != NxMSparsifyCallback("1:4").state_key
+def test_two_instances_coexist_in_one_checkpoint(tmp_path: Path) -> None:
+    def callbacks() -> list:
+        return [
+            NxMSparsifyCallback("2:4", include=[r"^net\.0$"], rho=0.05, penalty="decoupled", update_every=2),
+            NxMSparsifyCallback("1:4", include=[r"^net\.2$"], rho=0.02, penalty="decoupled", update_every=3),
+        ]
+
+    first = callbacks()
+    trainer = toy_trainer(tmp_path, [*first, ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=1)
+    trainer.fit(ToyModule(), toy_loader())
+    saved = torch.load(tmp_path / "last.ckpt", weights_only=True)["callbacks"]
+    assert {first[0].state_key, first[1].state_key} <= set(saved)
+    assert saved[first[0].state_key]["admm"]["patterns"] == {"net.0": "2:4"}
+    assert saved[first[1].state_key]["admm"]["patterns"] == {"net.2": "1:4"}
+    resumed = callbacks()
+    with pytest.raises(Killed):  # each instance gets its own state back (checked at the first step of the resumed run)
+        trainer = toy_trainer(tmp_path, [*resumed, KillAfter(1)], max_epochs=3)
+        trainer.fit(ToyModule(), toy_loader(), ckpt_path=tmp_path / "last.ckpt")
+    for before, after in zip(first, resumed):
+        assert after.admm is not None and after.admm.zstep_count == before.admm.zstep_count > 0
+        assert all(torch.equal(after.admm.u[name], before.admm.u[name]) for name in before.admm.u)

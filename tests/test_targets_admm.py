@@ -13,8 +13,6 @@ from nxm_lightning.admm import ADMMState
 from nxm_lightning.nxm import NxMPattern, is_nxm, nxm_project
 from nxm_lightning.targets import describe_targets, select_targets
 
-BERT_LAYER_KINDS = {"query", "key", "value", "attention.output.dense", "intermediate.dense", "output.dense"}
-
 
 def test_default_targets_are_the_encoder_linears(tiny_bert: Path) -> None:
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
@@ -116,10 +114,69 @@ def test_rho_schedule_rescales_u_and_caps() -> None:
     model, targets = _toy_targets()
     admm = ADMMState(targets, rho=0.01, rho_factor=2.0, rho_max=0.03)
     admm.initialize()
+    with torch.no_grad():
+        for t in targets:
+            t.module.weight.add_(0.05)  # so that U becomes non-zero
     admm.z_step()
     assert admm.rho == pytest.approx(0.02)
+    # The scaled dual U = y / rho: when rho doubles, U halves, so that the unscaled dual rho * U is unchanged.
+    unscaled = {k: 0.02 * v.clone() for k, v in admm.u.items()}
+    assert any(v.abs().sum() > 0 for v in unscaled.values())
+    w = {t.name: t.module.weight.detach() for t in targets}
     admm.z_step()
     assert admm.rho == pytest.approx(0.03)
+    for t in targets:
+        expected_u = (unscaled[t.name] / 0.02 + w[t.name] - admm.z[t.name]) * (0.02 / 0.03)
+        assert torch.allclose(admm.u[t.name], expected_u, atol=1e-7)
+        assert torch.allclose(admm.z[t.name], nxm_project(w[t.name] + unscaled[t.name] / 0.02, 2, 4), atol=1e-7)
+
+
+def test_w_step_progress_is_the_share_of_the_pull_completed() -> None:
+    model, targets = _toy_targets()
+    admm = ADMMState(targets, rho=0.1, penalty="decoupled")
+    admm.initialize()
+    with torch.no_grad():
+        for t in targets:
+            t.module.weight.add_(0.05)
+    assert admm.z_step().w_step_progress < 0  # W moved away from Z - U since initialize()
+    for _ in range(5):
+        admm.apply_decoupled_pull()  # each pull removes 10% of W - Z + U, and nothing else moves W
+    assert admm.z_step().w_step_progress == pytest.approx(1 - 0.9**5, rel=1e-5)
+
+
+def test_fisher_saliency_keeps_the_weights_the_loss_needs() -> None:
+    layer = nn.Linear(4, 1, bias=False)
+    with torch.no_grad():
+        layer.weight.copy_(torch.tensor([[0.5, 0.4, 0.1, 0.05]]))
+    targets = select_targets(nn.Sequential(layer), "2:4", include=[r"0"])
+    magnitude = ADMMState(targets, rho=0.1, saliency="magnitude")
+    fisher = ADMMState(targets, rho=0.1, saliency="fisher")
+    for admm in (magnitude, fisher):
+        admm.initialize()
+    layer.weight.grad = torch.tensor([[0.0, 0.01, 10.0, 10.0]])  # the two small weights carry the loss
+    for _ in range(10):
+        fisher.accumulate_fisher()
+    assert magnitude.z_step().mask_flip_rate == 0  # magnitude keeps 0.5 and 0.4
+    assert fisher.z_step().mask_flip_rate == 1.0  # fisher swaps both: F w^2 is 0, 1.6e-4*.., 1e2*0.01, 1e2*0.0025
+    assert fisher.mask["0"].tolist() == [[False, False, True, True]]
+    assert fisher.cut_masks()["0"].tolist() == [[False, False, True, True]]
+    assert magnitude.cut_masks()["0"].tolist() == [[True, True, False, False]]
+
+
+def test_fisher_state_roundtrip_and_refusal() -> None:
+    model, targets = _toy_targets()
+    fisher = ADMMState(targets, rho=0.1, saliency="fisher")
+    fisher.initialize()
+    for t in targets:
+        t.module.weight.grad = torch.ones_like(t.module.weight)
+    fisher.accumulate_fisher()
+    restored = ADMMState(targets, rho=0.1, saliency="fisher")
+    restored.load_state_dict(fisher.state_dict())
+    assert all(torch.equal(restored.fisher[k], fisher.fisher[k]) for k in fisher.fisher)
+    magnitude = ADMMState(targets, rho=0.1)
+    magnitude.initialize()
+    with pytest.raises(ValueError, match="no Fisher estimate"):
+        ADMMState(targets, rho=0.1, saliency="fisher").load_state_dict(magnitude.state_dict())
 
 
 def test_bad_rho_values() -> None:
@@ -131,6 +188,8 @@ def test_bad_rho_values() -> None:
         ADMMState([], rho=0.1, rho_factor=0.5)
     with pytest.raises(ValueError, match="penalty"):
         ADMMState([], rho=0.1, penalty="sideways")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match=r"saliency='size' is not one of \('magnitude', 'fisher'\)"):
+        ADMMState([], rho=0.1, saliency="size")  # type: ignore[arg-type]
 
 
 def test_state_roundtrip_and_mismatch() -> None:
