@@ -10,10 +10,10 @@ import datasets
 import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding
-from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from nxm_lightning.glue import GlueTask, get_task
 from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained
+from nxm_lightning.sampling import ShuffledLengthBuckets
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -28,7 +28,11 @@ class GLUEDataModule(pl.LightningDataModule):
             default: the ``GLUE_DIR`` environment variable; with neither, the Hub dataset ``nyu-mll/glue``.
         max_seq_length: longer inputs are truncated; batches are padded to their longest member only.
         batch_size / eval_batch_size: per device.
-        group_by_length: batch training examples of similar length together (less padding, faster steps).
+        group_by_length: batch training examples of similar length together (less padding), with the batches in
+            random order (:class:`~nxm_lightning.sampling.ShuffledLengthBuckets`).
+        length_group_batches: with ``group_by_length``, how many batches are sorted by length together: more saves
+            more padding, fewer keeps each batch a more random sample (STS-B, batch 32: mean padded length 29 with
+            50, 38 with 4, 70 without grouping).
         max_train_samples / max_eval_samples: keep only the first examples, for quick runs.
         num_workers: DataLoader worker processes.
         cache_dir: where ``datasets`` keeps its cache (default: its own); the tokenized splits are cached by
@@ -50,6 +54,7 @@ class GLUEDataModule(pl.LightningDataModule):
         batch_size: int = 32,
         eval_batch_size: int = 64,
         group_by_length: bool = False,
+        length_group_batches: int = 50,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
         num_workers: int = 0,
@@ -63,11 +68,16 @@ class GLUEDataModule(pl.LightningDataModule):
                 raise ValueError(f"{name}={value} must be a positive integer.")
         self.save_hyperparameters()
         self.model_name_or_path = model_name_or_path
-        self.data_dir = data_dir if data_dir is not None else os.environ.get("GLUE_DIR")
+        data_dir = data_dir if data_dir is not None else os.environ.get("GLUE_DIR")
+        # Relative to the working directory of the run's start, even if something changes directory later.
+        self.data_dir = str(Path(data_dir).expanduser().resolve()) if data_dir else None
         self.max_seq_length = max_seq_length
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        if length_group_batches < 1:
+            raise ValueError(f"length_group_batches={length_group_batches} must be >= 1.")
         self.group_by_length = group_by_length
+        self.length_group_batches = length_group_batches
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
         self.num_workers = num_workers
@@ -193,7 +203,8 @@ class GLUEDataModule(pl.LightningDataModule):
         dataset = dataset.with_format("torch")
         sampler = None
         if train and self.group_by_length:
-            sampler = LengthGroupedSampler(batch_size, lengths=[len(ids) for ids in dataset["input_ids"]])
+            lengths = [len(ids) for ids in dataset["input_ids"]]
+            sampler = ShuffledLengthBuckets(lengths, batch_size, self.length_group_batches)
         return DataLoader(
             dataset,
             batch_size=batch_size,

@@ -1,7 +1,9 @@
 """DistillationModule: a frozen dense teacher guides the student that the callbacks make N:M sparse.
 
-The teacher is a submodule named ``teacher``: the target selection never sparsifies it, ``configure_optimizers`` never
-optimizes it, and checkpoints store only a reference to it (its path and a fingerprint of its weights).
+The teacher is a submodule named ``teacher``: the target selection never sparsifies it and ``configure_optimizers``
+never optimizes it. It is either loaded from a path (checkpoints then store only a reference to it: its path and a
+fingerprint of its weights), or a snapshot of the student taken during fit (``teacher_snapshot_epoch``: one command
+trains dense, then distills from that dense model while sparsifying; checkpoints then hold the snapshot's weights).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import torch
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
@@ -148,9 +150,12 @@ class DistillationModule(SequenceClassificationModule):
     Args:
         model_name_or_path: the student's pretrained weights with ``student_init="pretrained"``; always the model
             whose tokenizer prepares the data (``cli.py`` links it), so the teacher must share its vocabulary.
-        task_name / num_labels / learning_rate / weight_decay / adam_epsilon / warmup_ratio / trust_remote_code:
-            as in :class:`SequenceClassificationModule`.
+        task_name / num_labels / learning_rate / weight_decay / adam_epsilon / warmup_ratio / trust_remote_code /
+            freeze_embeddings: as in :class:`SequenceClassificationModule`.
         teacher: the fine-tuned dense teacher: a Hugging Face folder or a ``.ckpt`` of SequenceClassificationModule.
+        teacher_snapshot_epoch: instead of ``teacher``: at the start of this epoch the teacher becomes a frozen copy
+            of the student as it is then (e.g. the end of a dense phase: NxMSparsifyCallback's ``start_epoch``);
+            before it the loss is the task loss alone. Needs ``student_init="pretrained"``.
         alpha: weight of the task loss, in [0, 1]; the distillation term gets ``1 - alpha``.
         temperature: T > 0, softens both distributions (classification only).
         hidden_weight: weight of the hidden-state MSE; 0 turns it off (and skips computing hidden states).
@@ -178,8 +183,10 @@ class DistillationModule(SequenceClassificationModule):
         adam_epsilon: float = 1e-8,
         warmup_ratio: float = 0.1,
         trust_remote_code: bool = False,
+        freeze_embeddings: bool = False,
         *,
-        teacher: str,
+        teacher: str | None = None,
+        teacher_snapshot_epoch: int | None = None,
         alpha: float = 0.5,
         temperature: float = 2.0,
         hidden_weight: float = 0.0,
@@ -203,16 +210,35 @@ class DistillationModule(SequenceClassificationModule):
                 "cache_teacher_logits caches logits only, but hidden_weight > 0 needs the teacher's hidden states at "
                 "every step: turn one of them off."
             )
-        check_teacher_path(teacher)
+        if (teacher is None) == (teacher_snapshot_epoch is None):
+            raise ValueError(
+                "Give exactly one teacher: `teacher` (a fine-tuned model's folder or .ckpt) or `teacher_snapshot_epoch` "
+                f"(a frozen copy of the student taken at the start of that epoch); got teacher={teacher!r}, "
+                f"teacher_snapshot_epoch={teacher_snapshot_epoch!r}."
+            )
+        if teacher_snapshot_epoch is not None:
+            if teacher_snapshot_epoch < 1:
+                raise ValueError(f"teacher_snapshot_epoch={teacher_snapshot_epoch} must be >= 1 (epoch 0 has no training yet).")
+            if student_init == "teacher":
+                raise ValueError(
+                    "student_init: teacher copies the teacher into the student at the start, but with "
+                    "teacher_snapshot_epoch the teacher is taken from the student later: set student_init: pretrained."
+                )
+        else:
+            check_teacher_path(teacher)  # type: ignore[arg-type]
         super().__init__(
-            model_name_or_path, task_name, num_labels, learning_rate, weight_decay, adam_epsilon, warmup_ratio, trust_remote_code
-        )
+            model_name_or_path, task_name, num_labels, learning_rate, weight_decay, adam_epsilon, warmup_ratio,
+            trust_remote_code, freeze_embeddings,
+        )  # fmt: skip
         self.layer_map = self._resolve_layer_map(layer_map) if hidden_weight > 0 else {}
         self._logit_cache: dict[bytes, torch.Tensor] = {}
         self._cache_fingerprint: str | None = None
 
     def _build_model(self, name: str, num_labels: int, trust_remote_code: bool) -> nn.Module:
         """Load the teacher (as ``self.teacher``) and build the student from it or from ``name``."""
+        if self.hparams.teacher is None:  # the teacher is a snapshot of the student, taken during fit
+            self.teacher: nn.Module | None = None
+            return super()._build_model(name, num_labels, trust_remote_code)
         teacher = load_teacher(self.hparams.teacher, trust_remote_code)
         data_config = load_pretrained(AutoConfig, name, trust_remote_code=trust_remote_code)
         if teacher.config.num_labels != num_labels:
@@ -242,7 +268,8 @@ class DistillationModule(SequenceClassificationModule):
 
     def _resolve_layer_map(self, layer_map: dict[int, int] | None) -> dict[int, int]:
         student_layers = self.model.config.num_hidden_layers
-        teacher_layers = self.teacher.config.num_hidden_layers
+        # A snapshot teacher is a copy of the student: the same depth.
+        teacher_layers = self.teacher.config.num_hidden_layers if self.teacher is not None else student_layers
         if layer_map is None:
             if student_layers != teacher_layers:
                 raise ValueError(
@@ -261,8 +288,24 @@ class DistillationModule(SequenceClassificationModule):
     def train(self, mode: bool = True) -> DistillationModule:
         """Set the student's mode; the teacher stays in eval mode (dropout would make its targets noisy)."""
         super().train(mode)
-        self.teacher.eval()
+        if self.teacher is not None:
+            self.teacher.eval()
         return self
+
+    @torch.no_grad()
+    def snapshot_teacher(self) -> None:
+        """The teacher becomes a frozen copy of the student as it is now (``teacher_snapshot_epoch``)."""
+        self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+        self._logit_cache.clear()
+        self._cache_fingerprint = None
+
+    def on_train_epoch_start(self) -> None:
+        snapshot_epoch = self.hparams.teacher_snapshot_epoch
+        if snapshot_epoch is not None and self.teacher is None and self.current_epoch >= snapshot_epoch:
+            self.snapshot_teacher()
+            rank_zero_info(
+                f"DistillationModule: the teacher is the student as it was at the start of epoch {self.current_epoch}."
+            )
 
     # ---- training ------------------------------------------------------------------------------------------------
 
@@ -284,7 +327,7 @@ class DistillationModule(SequenceClassificationModule):
         return torch.stack([self._logit_cache[key] for key in keys])
 
     def on_train_start(self) -> None:
-        if not self.hparams.cache_teacher_logits:
+        if not self.hparams.cache_teacher_logits or self.teacher is None:
             return
         # Another teacher (or changed teacher weights) since the cache was filled makes every entry stale.
         fingerprint = weights_fingerprint(self.teacher)
@@ -293,6 +336,8 @@ class DistillationModule(SequenceClassificationModule):
             self._cache_fingerprint = fingerprint
 
     def training_step(self, batch: dict[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.teacher is None:  # before teacher_snapshot_epoch: the plain task loss
+            return super().training_step(batch, batch_idx)
         inputs = self._model_inputs(batch)
         student = self.model(**inputs, output_hidden_states=bool(self.layer_map))
         teacher_logits, teacher_hidden = self.teacher_outputs(inputs)
@@ -314,12 +359,25 @@ class DistillationModule(SequenceClassificationModule):
     # ---- checkpoints: the student and a reference to the teacher ------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if not k.startswith("teacher.")}
+        teacher_state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("teacher.")}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in teacher_state}
+        if self.hparams.teacher is None:  # a snapshot cannot be reloaded from anywhere else: keep its weights
+            if teacher_state:
+                checkpoint["teacher_snapshot"] = {k.removeprefix("teacher."): v for k, v in teacher_state.items()}
+            return
         checkpoint["teacher"] = {"path": str(Path(self.hparams.teacher).expanduser().resolve()),
                                  "fingerprint": weights_fingerprint(self.teacher)}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Fill in the teacher's weights from the teacher itself, so that strict loading of the student works."""
+        if self.hparams.teacher is None:
+            snapshot = checkpoint.get("teacher_snapshot")
+            if snapshot is not None:  # taken before this checkpoint: rebuild it, then load the student beside it
+                self.teacher = copy.deepcopy(self.model).eval().requires_grad_(False)
+                self.teacher.load_state_dict(snapshot)
+                checkpoint["state_dict"].update({f"teacher.{k}": v for k, v in snapshot.items()})
+            super().on_load_checkpoint(checkpoint)
+            return
         reference = checkpoint.get("teacher", {})
         if reference.get("fingerprint") not in (None, weights_fingerprint(self.teacher)):
             rank_zero_warn(

@@ -40,6 +40,22 @@ def test_glue_dir_env_and_group_by_length(glue_dir: Path, tiny_bert: Path, monke
     assert len(lengths) == 4 and max(lengths) <= 64
 
 
+def test_relative_glue_dir_is_taken_from_the_starting_directory(
+    glue_dir: Path, tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(glue_dir.parent)
+    monkeypatch.setenv("GLUE_DIR", glue_dir.name)  # as the README's GLUE_DIR=../shared/data/glue, relative
+    dm = GLUEDataModule("rte", str(tiny_bert), max_train_samples=8, max_eval_samples=8)
+    monkeypatch.chdir(tmp_path)  # e.g. a test or a launcher that changes directory before setup
+    dm.setup("fit")
+    assert len(dm.splits["train"]) == 8
+
+
+def test_length_group_batches_must_be_positive(tiny_bert: Path) -> None:
+    with pytest.raises(ValueError, match="length_group_batches=0 must be >= 1"):
+        GLUEDataModule("rte", str(tiny_bert), group_by_length=True, length_group_batches=0)
+
+
 def write_task(root: Path, directory: str, files: dict[str, str]) -> Path:
     (root / directory).mkdir(parents=True)
     for name, text in files.items():

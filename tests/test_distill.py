@@ -63,6 +63,20 @@ def test_bad_arguments(tiny_bert: Path, kwargs: dict, message: str) -> None:
         DistillationModule(str(tiny_bert), teacher=str(tiny_bert), **kwargs)
 
 
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({}, "Give exactly one teacher"),
+        ({"teacher": "exports/glue_dense", "teacher_snapshot_epoch": 2}, "Give exactly one teacher"),
+        ({"teacher_snapshot_epoch": 0, "student_init": "pretrained"}, "teacher_snapshot_epoch=0 must be >= 1"),
+        ({"teacher_snapshot_epoch": 2}, "set student_init: pretrained"),
+    ],
+)
+def test_bad_teacher_choice(tiny_bert: Path, kwargs: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        DistillationModule(str(tiny_bert), **kwargs)
+
+
 def test_missing_teacher_path(tiny_bert: Path, tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="Teacher .*nowhere.* not found"):
         DistillationModule(str(tiny_bert), teacher=str(tmp_path / "nowhere"))
@@ -157,6 +171,70 @@ def test_teacher_is_bit_identical_after_training_and_gets_no_gradient(tiny_bert:
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert not optimized & {id(p) for p in module.teacher.parameters()}
     assert optimized == {id(p) for p in module.model.parameters()}
+
+
+class TeacherLog(Callback):
+    """Records, at every training step, whether a teacher exists and the student's weights then."""
+
+    def __init__(self) -> None:
+        self.has_teacher: list[bool] = []
+        self.student_at_epoch_start: dict[int, dict[str, torch.Tensor]] = {}
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.student_at_epoch_start[trainer.current_epoch] = state(pl_module.model)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.has_teacher.append(pl_module.teacher is not None)
+
+
+def snapshot_module(tiny_bert: Path) -> DistillationModule:
+    torch.manual_seed(0)
+    return DistillationModule(str(tiny_bert), teacher_snapshot_epoch=1, student_init="pretrained", learning_rate=1e-3,
+                              cache_teacher_logits=True)  # fmt: skip
+
+
+def test_teacher_snapshot_is_the_student_at_that_epoch_then_frozen(tiny_bert: Path, tmp_path: Path) -> None:
+    module = snapshot_module(tiny_bert)
+    assert module.teacher is None
+    log = TeacherLog()
+    trainer = toy_trainer(tmp_path, [log], max_epochs=3, enable_checkpointing=False)
+    trainer.fit(module, text_loader(tiny_bert, shuffle=True))
+    assert log.has_teacher == [False] * 4 + [True] * 8  # 4 steps an epoch: task loss alone in epoch 0
+    assert_same(state(module.teacher), log.student_at_epoch_start[1])  # not changed since, though the student was
+    assert not torch.equal(module.model.classifier.weight, module.teacher.classifier.weight)
+    optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
+    assert not optimized & {id(p) for p in module.teacher.parameters()}
+
+
+class Killed(Exception):
+    pass
+
+
+class KillAtEpoch(Callback):
+    def __init__(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.epoch:
+            raise Killed
+
+
+def test_teacher_snapshot_survives_a_resume(tiny_bert: Path, tmp_path: Path) -> None:
+    straight = snapshot_module(tiny_bert)
+    toy_trainer(tmp_path / "a", [], max_epochs=3, enable_checkpointing=False).fit(straight, text_loader(tiny_bert))
+    killed = snapshot_module(tiny_bert)
+    checkpoints = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
+    with pytest.raises(Killed):  # after the snapshot (epoch 1) and its checkpoint
+        toy_trainer(tmp_path / "b", [checkpoints, KillAtEpoch(2)], max_epochs=3).fit(killed, text_loader(tiny_bert))
+    saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
+    assert saved["teacher_snapshot"].keys() == straight.teacher.state_dict().keys()
+    assert not any(k.startswith("teacher.") for k in saved["state_dict"])
+    resumed, log = snapshot_module(tiny_bert), TeacherLog()
+    toy_trainer(tmp_path / "b", [log], max_epochs=3, enable_checkpointing=False).fit(
+        resumed, text_loader(tiny_bert), ckpt_path=tmp_path / "b" / "last.ckpt"
+    )
+    assert log.has_teacher == [True] * 4  # distilling from the first resumed step, from the snapshot of epoch 1
+    assert_same(state(resumed.teacher), state(straight.teacher))
 
 
 def test_train_mode_never_reaches_the_teacher(tiny_bert: Path) -> None:

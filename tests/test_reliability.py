@@ -108,5 +108,19 @@ def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, tiny_bert: Path)
         small.on_load_checkpoint(checkpoint)
 
 
-def test_trust_remote_code_is_off_by_default(tiny_bert: Path) -> None:
-    assert SequenceClassificationModule(str(tiny_bert), "stsb").hparams.trust_remote_code is False
+def test_remote_code_in_a_model_folder_is_not_run_by_default(tiny_bert: Path, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    folder = shutil.copytree(tiny_bert, tmp_path / "remote")
+    marker = tmp_path / "code_ran"
+    (folder / "modeling_evil.py").write_text(f"open({str(marker)!r}, 'w').write('ran')\n")
+    config = json.loads((folder / "config.json").read_text())
+    config["auto_map"] = {key: "modeling_evil.Evil" for key in ("AutoConfig", "AutoModelForSequenceClassification")}
+    (folder / "config.json").write_text(json.dumps(config))
+    module = SequenceClassificationModule(str(folder), "stsb")  # the folder's code is ignored: the built-in BERT loads
+    assert type(module.model).__name__ == "BertForSequenceClassification"
+    assert not marker.exists()
+    with pytest.raises(Exception):  # noqa: B017 - opting in does import the folder's code (which has no class Evil)
+        SequenceClassificationModule(str(folder), "stsb", trust_remote_code=True)
+    assert marker.read_text() == "ran"
