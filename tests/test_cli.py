@@ -41,10 +41,23 @@ def test_help_and_config_lookup(capsys: pytest.CaptureFixture[str]) -> None:
         cli.resolve_config_paths(["fit", "--config=nope.yaml"])
 
 
-def test_configs_parse() -> None:
-    for config in sorted(cli.CONFIG_DIR.glob("*.yaml")):
-        parsed = yaml.safe_load(config.read_text())
-        assert parsed["model"]["class_path"].startswith("nxm_lightning."), config
+@pytest.mark.parametrize("config", sorted(p.name for p in cli.CONFIG_DIR.glob("*.yaml")))
+def test_configs_parse_through_the_cli_parser(
+    config: str, tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    with pytest.raises(SystemExit) as parsed:  # --print_config: the parser checks every key and type, then exits
+        cli.main(["fit", "--config", config, "--print_config"])
+    assert parsed.value.code in (0, None), capsys.readouterr().err
+    assert "class_path: nxm_lightning." in capsys.readouterr().out
+    # The same file with one callback argument misspelt must be refused by that parser.
+    text = (cli.CONFIG_DIR / config).read_text()
+    misspelt = tmp_path / config
+    misspelt.write_text(text.replace("export_dir:", "export_dri:", 1))
+    assert misspelt.read_text() != text
+    with pytest.raises(SystemExit) as refused:
+        cli.main(["fit", "--config", str(misspelt), "--print_config"])
+    assert refused.value.code == 2 and "export_dri" in capsys.readouterr().err
 
 
 def test_dense_fit_then_validate_reproduces_best(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
@@ -79,11 +92,14 @@ def test_glue_yaml_pipeline_with_minilm(tmp_path: Path, glue_dir: Path) -> None:
     args = [a for a in common_args(tmp_path, glue_dir, "sentence-transformers/all-MiniLM-L6-v2") if "model_name" not in a]
     config = yaml.safe_load((cli.CONFIG_DIR / "glue.yaml").read_text())
     sparsify, prune = config["trainer"]["callbacks"]
-    sparsify["init_args"]["update_every"] = 1  # 8 optimizer steps in all: a Z-step at each
+    # 4 optimizer steps an epoch: dense epoch 0, ADMM in epoch 1 (a Z-step at each step), masked epoch 2, with the
+    # teacher snapshot taken where ADMM starts, as in the shipped config
+    sparsify["init_args"].update(update_every=1, start_epoch=1, end_epoch=2)
+    config["model"]["init_args"]["teacher_snapshot_epoch"] = 1
     prune["init_args"]["export_dir"] = str(export)
     (tmp_path / "glue.yaml").write_text(yaml.safe_dump(config))
     args = ["--config", str(tmp_path / "glue.yaml"), *args]  # a --config given later would override the others
-    fitted = run_cli("fit", *args, "--trainer.max_epochs=2")
+    fitted = run_cli("fit", *args, "--trainer.max_epochs=3")
     module = fitted.model
     sparse_layers = [m for m in module.modules() if type(m).__name__ == "NxMLinear"]
     assert len(sparse_layers) == 36 and all(is_nxm(m.dense_weight(), 2, 4) for m in sparse_layers)
