@@ -126,6 +126,7 @@ class GLUEDataModule(pl.LightningDataModule):
             column_names=list(columns),
             features=datasets.Features({c: datasets.Value("string") for c in columns}),
             na_filter=False,
+            encoding="utf-8-sig",  # a byte-order mark (one GLUE task's original files begin with one) is not text
             cache_dir=self.cache_dir,
         )
         wanted = list(self.task.local_text_columns) + ([self.task.local_label_column] if labeled else [])
@@ -235,7 +236,7 @@ class GLUEDataModule(pl.LightningDataModule):
 
 def _check_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[str, ...]:
     """Column names of a GLUE TSV, after checking every row has that many fields (else: file and line)."""
-    with open(path, encoding="utf-8", newline="") as handle:
+    with open(path, encoding="utf-8-sig", newline="") as handle:
         header = None if columns else handle.readline().rstrip("\r\n").split("\t")
         names = tuple(columns or header or ())
         first_line = 1 if columns else 2

@@ -151,3 +151,40 @@ def test_packaged_minilm_loads_with_only_the_classifier_new() -> None:
 def test_module_rejects_wrong_num_labels(tiny_bert: Path) -> None:
     with pytest.raises(ValueError, match="num_labels=3 does not fit task 'stsb'"):
         SequenceClassificationModule(str(tiny_bert), "stsb", num_labels=3)
+
+
+def glue_rows(task_name: str) -> tuple[list[str] | None, list[list[str]]]:
+    """A header (None for CoLA) and three labeled rows in the task's local file format."""
+    task = get_task(task_name)
+    labels = list(task.label_names) or ["0.5", "3.25", "5.0"]
+    if not task.has_header:
+        return None, [[f"src{i}", labels[i % len(labels)], "*", f"A sentence number {i}."] for i in range(3)]
+    # The first column is one the reader needs, as in SST-2's "sentence\tlabel": a BOM would stick to its name.
+    header = [*task.local_text_columns, task.local_label_column, "index"]
+    rows = [[*(f"Text {i} of {c}." for c in task.local_text_columns), labels[i % len(labels)], str(i)] for i in range(3)]
+    return header, rows
+
+
+@pytest.mark.parametrize("variant", ["bom", "crlf", "trailing_blank_line", "all"])
+@pytest.mark.parametrize("task_name", list(GLUE_TASKS))
+def test_files_as_users_have_them(task_name: str, variant: str, tiny_bert: Path, tmp_path: Path) -> None:
+    task = get_task(task_name)
+    header, rows = glue_rows(task_name)
+    newline = "\r\n" if variant in ("crlf", "all") else "\n"
+    text = newline.join("\t".join(r) for r in ([header] if header else []) + rows) + newline
+    if variant in ("trailing_blank_line", "all"):
+        text += newline
+    if variant in ("bom", "all"):
+        text = "\ufeff" + text
+    for name in ("train.tsv", *task.validation_files):
+        (tmp_path / task.directory).mkdir(exist_ok=True)
+        (tmp_path / task.directory / name).write_bytes(text.encode("utf-8"))
+    dm = GLUEDataModule(task_name, str(tiny_bert), data_dir=str(tmp_path))
+    train = dm._read_tsv(tmp_path / task.directory / "train.tsv", labeled=True)
+    assert len(train) == 3
+    first_text = train[0][task.text_columns[0]]
+    assert first_text.startswith(("Text 0", "A sentence number 0")) and not first_text.endswith("\r")
+    if task.is_regression:
+        assert train["label"] == pytest.approx([0.5, 3.25, 5.0])
+    else:
+        assert train["label"] == [i % task.num_labels for i in range(3)]
