@@ -9,6 +9,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
+import yaml
 from conftest import REPO, text_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.nn import functional as F
@@ -346,12 +347,21 @@ def test_checkpoint_of_another_teacher_warns(tiny_bert: Path, tmp_path: Path) ->
 # ---- configs/glue_kd.yaml through the CLI -----------------------------------------------------------------------
 
 
-def cli_run(subcommand: str, model: str, teacher: Path, glue_dir: Path, *extra: str) -> cli.NxMLightningCLI:
+def cli_run(subcommand: str, config: Path, model: str, teacher: Path, glue_dir: Path, *extra: str) -> cli.NxMLightningCLI:
     return cli.main([
-        subcommand, "--config", str(REPO / "configs" / "glue_kd.yaml"), "--model.init_args.model_name_or_path", model,
+        subcommand, "--config", str(config), "--model.init_args.model_name_or_path", model,
         "--model.init_args.teacher", str(teacher), "--data.data_dir", str(glue_dir), "--data.max_eval_samples", "16",
         "--data.max_seq_length", "32", "--data.eval_batch_size", "16", *extra,
     ])  # fmt: skip
+
+
+def glue_kd_with_a_zstep_every_step(tmp_path: Path) -> Path:
+    """configs/glue_kd.yaml with a Z-step at every step: the test trains 4 steps, too few for one every 20."""
+    config = yaml.safe_load((REPO / "configs" / "glue_kd.yaml").read_text())
+    config["trainer"]["callbacks"][0]["init_args"]["update_every"] = 1
+    path = tmp_path / "glue_kd.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
 
 
 @pytest.mark.parametrize("real", [False, pytest.param(True, marks=pytest.mark.slow)], ids=["tiny", "minilm"])
@@ -366,9 +376,11 @@ def test_glue_kd_config_fits_exports_and_validates(
         AutoClassifier.from_pretrained(resolve_model_name(DEFAULT_MODEL), num_labels=1).save_pretrained(teacher)
     else:
         model, teacher = str(tiny_bert), tiny_bert
-    cli_run("fit", model, teacher, glue_dir, "--data.max_train_samples", "16", "--data.batch_size", "4", "--trainer.max_epochs=1")
+    config = glue_kd_with_a_zstep_every_step(tmp_path)
+    cli_run("fit", config, model, teacher, glue_dir, "--data.max_train_samples", "16", "--data.batch_size", "4",
+            "--trainer.max_epochs=1")  # fmt: skip
     assert verify(tmp_path / "exports" / "glue_kd") == []
     last = next((tmp_path / "runs").rglob("last.ckpt"))
-    validated = cli_run("validate", model, teacher, glue_dir, "--ckpt_path", str(last))
+    validated = cli_run("validate", config, model, teacher, glue_dir, "--ckpt_path", str(last))
     assert isinstance(validated.model, DistillationModule)
     assert "val/score" in validated.trainer.callback_metrics
