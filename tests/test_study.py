@@ -12,6 +12,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import glue_study  # noqa: E402
+import main_job  # noqa: E402
 import study_report  # noqa: E402
 
 
@@ -132,3 +133,33 @@ def test_a_record_is_reused_only_while_its_config_and_command_are_unchanged(
     assert len(started) == 1 and "2" in started[0]
     assert not spec.record_path.exists()
     assert json.loads((spec.record_path.parent / "stale" / spec.record_path.name).read_text())["run_fingerprint"] == current
+
+
+def write_events(run_dir: Path, scalars: dict[str, list[tuple[int, float]]]) -> None:
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(str(run_dir))
+    for tag, points in scalars.items():
+        for step, value in points:
+            writer.add_scalar(tag, value, step)
+    writer.close()
+
+
+@pytest.mark.parametrize(
+    ("last_flip", "last_residual", "converged"), [(0.0, 6e-6, True), (0.02, 6e-6, False), (0.0, 2e-3, False)]
+)
+def test_main_job_record_reads_the_last_zstep_against_the_thresholds(
+    tmp_path: Path, last_flip: float, last_residual: float, converged: bool
+) -> None:
+    write_events(tmp_path, {
+        "admm/mask_flip_rate": [(20, 0.09), (40, last_flip)],
+        "admm/primal_residual": [(20, 0.08), (40, last_residual)],
+        "val/score": [(40, 80.0), (60, 85.0)], "prune/score_before": [(40, 84.3)], "prune/score_after": [(40, 84.1)],
+    })  # fmt: skip
+    summary = main_job.convergence(tmp_path)
+    assert (summary["zsteps"], summary["converged"]) == (2, converged)
+    assert summary["last_flip_rate"] == pytest.approx(last_flip)
+    assert summary["last_primal_residual"] == pytest.approx(last_residual)
+    record = {"label": "x", "task": "stsb", "metrics": glue_study.run_metrics(tmp_path), "convergence": summary, "wall_s": 600}
+    row = main_job.summary_row(record)
+    assert "**85.00**" in row and "84.30 -> 84.10 (+0.20)" in row and ("| yes |" in row) == converged
