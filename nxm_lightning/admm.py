@@ -183,14 +183,14 @@ class ADMMState:
     @torch.no_grad()
     def z_step(self) -> ZStepStats:
         """Z = Proj(W + U); U += W - Z; then the rho schedule (U rescaled so that rho * U, the dual, is kept)."""
-        gap_before = self._gap()
-        w_sq = z_sq = primal_sq = dual_sq = 0.0
+        w_sq = z_sq = primal_sq = dual_sq = gap_before_sq = 0.0
         flips = total = 0
         per_layer: dict[str, float] = {}
         for t in self.targets:
             w = t.module.weight.detach().to(self.z[t.name].dtype)
             z_prev = self.z[t.name]
             z = w + self.u[t.name]
+            gap_before_sq += float(torch.linalg.vector_norm(z - z_prev)) ** 2  # ||W - Z + U|| before the update
             mask = nxm_mask(self._score(t.name, z), t.pattern.n, t.pattern.m)
             z.mul_(mask)  # in place: W + U is not needed once projected
             violation = w - z
@@ -211,7 +211,7 @@ class ADMMState:
             dual_residual=self.rho * math.sqrt(dual_sq) / max(math.sqrt(z_sq), 1e-30),
             mask_flip_rate=flips / max(total, 1),
             rho=self.rho,
-            w_step_progress=1 - gap_before / self.gap_after_update if self.gap_after_update > 0 else math.nan,
+            w_step_progress=1 - math.sqrt(gap_before_sq) / self.gap_after_update if self.gap_after_update > 0 else math.nan,
             per_layer_primal=per_layer,
         )
         self.zstep_count += 1
