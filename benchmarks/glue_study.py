@@ -1,28 +1,33 @@
-"""The GLUE accuracy study (issue 6): dense, ASP, NxM, NxM+KD and one-stage NxM on MiniLM-L6, through ``cli.py``.
+"""The GLUE accuracy study (issue 12): strong dense baselines, then every sparse method at equal budgets, through
+``cli.py``.
 
 Every run is ``python cli.py fit --config <copy of configs/*.yaml> <overrides>`` in a subprocess, so the study measures
-exactly what users run. A finished run writes ``<work>/records/<method>_<task>_s<seed>.json`` (the metrics read from
-the run's TensorBoard events, epochs, wall time, the exact command, the resolved config and package versions); a rerun
-skips runs that have a record, so an interrupted study resumes where it stopped. Each run logs to
-``<work>/logs/<method>_<task>_s<seed>.log``. Only one study process trains at a time (a lock file in the work dir).
+exactly what users run. A finished run writes ``benchmarks/records/study/<name>.json`` (committed: the metrics read
+from the run's TensorBoard events, the wall and CPU time, the exact command, the resolved config, the package
+versions); a rerun skips every run with a current record, so the study resumes where it stopped, on this machine or
+another. Runs, exports and logs go to the work dir (``benchmarks/results/study``, not committed); a dense export that
+a sparse run needs and that is missing (a new machine) is rebuilt by running its record's command again.
 
-Methods, all at the same budget after the dense stage:
+The plan, in the order it runs (each task in turn, so that a partial study gives whole tasks):
 
-- ``dense``: ``configs/glue_dense.yaml`` (exported with SavePretrainedCallback: the start of asp/nxm, the teacher of
-  nxm_kd);
-- ``asp``: ``configs/glue_asp.yaml`` from the dense export (magnitude 2:4 once, masked fine-tuning);
-- ``nxm``: ``configs/glue.yaml`` from the dense export (ADMM, hard prune, masked fine-tuning: the paper's pipeline);
-- ``nxm_kd``: ``configs/glue_kd.yaml`` with the dense export as teacher;
-- ``nxm_onestage``: ``configs/glue.yaml`` from the pretrained MiniLM, for dense + sparse epochs (no dense stage).
+1. ``dense``: ``configs/glue_dense.yaml`` at each learning rate of :data:`DENSE_LRS` for up to 10 epochs, stopped
+   after 3 epochs without a better dev score; the best epoch is exported. The best run of the task is the start of
+   every sparse method and the teacher of the ``_kd`` ones.
+2. On :data:`SWEEP_TASK` only: ``asp`` and ``nxm`` at the ``paper`` budget for each of :data:`SPARSE_LRS`; the best
+   becomes the learning rate of that method (and of its ``_kd`` partner) on every task.
+3. The ``paper`` budget (10 epochs after the dense stage; ADMM's phase holds at least 20 Z-steps): ``asp``
+   (``glue_asp.yaml``), ``asp_kd`` (``glue_asp_kd.yaml``), ``nxm`` (``glue_nxm.yaml``), ``nxm_kd`` (``glue_kd.yaml``)
+   for every seed, ``nxm_paper`` (``glue_paper.yaml``, the research code's recipe) for the first seed.
+4. The ``short`` budget (1 epoch after the dense stage, the previous study's): ``asp`` and ``nxm`` at the
+   learning rates that study chose, for every seed.
 
-Run from the repository root::
+Every seed's sparse runs start from the same dense model, so the seed spread is that of the sparse stage.
 
-    python benchmarks/glue_study.py run --profile quick --work-dir /tmp/study --data-dir ../shared/data/glue
-    python benchmarks/glue_study.py run --profile full --work-dir /tmp/study_full          # GPU: all data, 3 seeds
-    python benchmarks/glue_study.py tune --task stsb --work-dir /tmp/study                 # ADMM-phase sweep
-    python benchmarks/study_report.py --records /tmp/study/records                         # docs/RESULTS.md + plots
+Run from the repository root (in the background: the whole study takes days on a 2-core CPU)::
 
-``import`` turns a finished ``cli.py fit`` run made by hand into a record (e.g. a dense run started before the study).
+    nohup python benchmarks/glue_study.py run > study.log 2>&1 &
+    python benchmarks/glue_study.py plan                  # what has finished, what runs next
+    python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
 """
 
 from __future__ import annotations
@@ -31,10 +36,10 @@ import argparse
 import contextlib
 import fcntl
 import hashlib
-import itertools
 import json
 import os
 import platform
+import resource
 import shlex
 import shutil
 import subprocess
@@ -52,65 +57,52 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
-METHODS = ("dense", "asp", "nxm", "nxm_kd", "nxm_onestage")
+RECORDS = REPO / "benchmarks" / "records" / "study"
 TASKS = ("stsb", "rte", "cola", "sst2")
+SEEDS = (42, 43, 44)
 METHOD_CONFIGS = {
     "dense": "glue_dense.yaml",
     "asp": "glue_asp.yaml",
-    "nxm": "glue.yaml",
+    "asp_kd": "glue_asp_kd.yaml",
+    "nxm": "glue_nxm.yaml",
     "nxm_kd": "glue_kd.yaml",
-    "nxm_onestage": "glue.yaml",
+    "nxm_paper": "glue_paper.yaml",
 }
-EXPORT_CALLBACKS = ("callbacks.SavePretrainedCallback", "callbacks.HardPruneCallback")
-ADMM_CALLBACK = "callbacks.NxMSparsifyCallback"
-# Sweep keys that go to the LightningModule; every other key goes to NxMSparsifyCallback.
-MODEL_ARGS = ("learning_rate", "warmup_ratio", "alpha", "temperature")
-CURVES = ("admm/primal_residual", "admm/dual_residual", "admm/mask_flip_rate", "admm/rho", "val_pruned/score", "train/loss")
-PACKAGES = ("torch", "lightning", "transformers", "datasets", "torchmetrics", "tensorboard", "nxm-lightning")
+KD_METHODS = ("asp_kd", "nxm_kd")
+LR_PARTNER = {"asp": "asp", "asp_kd": "asp", "nxm": "nxm", "nxm_kd": "nxm"}  # whose sweep sets the learning rate
+DENSE_LRS = (5e-5, 1e-4, 2e-4)
+DENSE_EPOCHS = 10
+DENSE_PATIENCE = 3
+SWEEP_TASK = "stsb"
+SPARSE_LRS = (1e-4, 5e-5, 2e-4)  # in running order: the paper's range first
+MIN_ZSTEPS = 20
 
 
 @dataclass(frozen=True)
-class Profile:
-    """A study size: the seeds, the epochs of each stage and the per-task training subsample.
+class Budget:
+    """The epochs every sparse method gets after the dense stage, and which methods run at it."""
 
-    ``sparse_epochs`` is the budget of every method after the dense stage (asp, nxm, nxm_kd); nxm_onestage gets
-    ``dense_epochs + sparse_epochs`` from the pretrained weights. ``max_train_samples`` keeps the first examples.
-    ``dense_seeds``: the seeds that get their own dense run (and nxm_onestage); the other seeds start asp, nxm and
-    nxm_kd from the first dense seed's export, so their spread is that of the sparse stage alone. None: every seed.
-    """
-
-    seeds: tuple[int, ...]
-    dense_epochs: int
-    sparse_epochs: int
-    dense_seeds: tuple[int, ...] | None = None
-    max_seq_length: int = 128
-    max_train_samples: dict[str, int] = field(default_factory=dict)
-
-    def dense_seed(self, seed: int) -> int:
-        """The seed whose dense run (and export) the sparse methods of ``seed`` start from."""
-        return seed if self.dense_seeds is None or seed in self.dense_seeds else self.dense_seeds[0]
-
-    def epochs(self, method: str) -> int:
-        if method == "dense":
-            return self.dense_epochs
-        return self.dense_epochs + self.sparse_epochs if method == "nxm_onestage" else self.sparse_epochs
+    epochs: int
+    methods: tuple[str, ...]
+    first_seed_only: tuple[str, ...] = ()
+    fixed_lrs: dict[str, float] = field(default_factory=dict)  # no sweep at this budget: these learning rates
 
 
-PROFILES = {
-    # A 2-core CPU: one dense run per task, three seeds of the 1-epoch sparse stage, SST-2 training cut to 8000 examples.
-    "quick": Profile(seeds=(42, 43, 44), dense_epochs=3, sparse_epochs=1, dense_seeds=(42,), max_train_samples={"sst2": 8000}),
-    # A GPU: all data, three seeds, the configs' 3 epochs for every stage.
-    "full": Profile(seeds=(42, 43, 44), dense_epochs=3, sparse_epochs=3),
+BUDGETS = {
+    "paper": Budget(10, ("asp", "asp_kd", "nxm", "nxm_kd", "nxm_paper"), first_seed_only=("nxm_paper",)),
+    "short": Budget(1, ("asp", "nxm"), fixed_lrs={"asp": 2e-4, "nxm": 3e-4}),
 }
-
-# The ADMM-phase sweep of ``tune`` (one value changed at a time from configs/glue.yaml, plus the listed pairs).
-TUNE_GRID: dict[str, list[Any]] = {
-    "rho": [0.003, 0.01, 0.03, 0.1],
-    "penalty": ["gradient", "decoupled"],
-    "update_every": [20, 50, None],
-    "end_fraction": [0.3, 0.5, 0.7],
-    "learning_rate": [5e-5, 1e-4, 2e-4],
-}
+# SST-2's 67k examples would take a day an epoch-set here: a fixed random subset (the same for every run).
+TRAIN_SUBSETS = {"sst2": 8000}
+TRAIN_SUBSET_SEED = 0
+EXPORT_CALLBACKS = ("callbacks.SavePretrainedCallback", "callbacks.HardPruneCallback")
+ADMM_CALLBACK = "callbacks.NxMSparsifyCallback"
+EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
+CURVES = (
+    "admm/primal_residual", "admm/dual_residual", "admm/mask_flip_rate", "admm/rho", "admm/w_step_progress",
+    "val_pruned/score", "train/loss",
+)  # fmt: skip
+PACKAGES = ("torch", "lightning", "transformers", "datasets", "torchmetrics", "tensorboard", "nxm-lightning")
 
 
 @dataclass
@@ -121,23 +113,23 @@ class RunSpec:
     task: str
     seed: int
     epochs: int
+    learning_rate: float
     work_dir: Path
     data_dir: str
-    max_seq_length: int
-    max_train_samples: int | None = None
+    budget: str | None = None  # None: the dense stage
     model: str | None = None
     teacher: str | None = None
     callback_args: dict[str, dict[str, Any]] = field(default_factory=dict)
-    model_args: dict[str, Any] = field(default_factory=dict)
-    tag: str = ""
+    records_dir: Path = RECORDS
 
     @property
     def name(self) -> str:
-        return f"{self.method}{self.tag}_{self.task}_s{self.seed}"
+        budget = f"_{self.budget}" if self.budget else ""
+        return f"{self.method}{budget}_lr{self.learning_rate:g}_{self.task}_s{self.seed}"
 
     @property
     def run_dir(self) -> Path:
-        return self.work_dir / "runs" / f"{self.method}{self.tag}" / f"{self.task}_s{self.seed}"
+        return self.work_dir / "runs" / "study" / self.name
 
     @property
     def export_dir(self) -> Path:
@@ -145,7 +137,7 @@ class RunSpec:
 
     @property
     def record_path(self) -> Path:
-        return self.work_dir / "records" / f"{self.name}.json"
+        return self.records_dir / f"{self.name}.json"
 
     @property
     def log_path(self) -> Path:
@@ -159,8 +151,15 @@ class RunSpec:
         """The method's YAML with the callback edits (list items cannot be overridden from the command line), and the
         edits made, keyed by callback class path."""
         config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[self.method]).read_text())
+        # The values the command line overrides too, so that the fingerprint does not change with the config's default.
+        config["model"]["init_args"]["learning_rate"] = self.learning_rate
+        config["trainer"]["max_epochs"] = self.epochs
+        callbacks = config["trainer"].setdefault("callbacks", [])
+        if self.method == "dense":
+            early = {"monitor": "val/score", "mode": "max", "patience": DENSE_PATIENCE}
+            callbacks.append({"class_path": EARLY_STOPPING, "init_args": early})
         edits: dict[str, dict[str, Any]] = {}
-        for callback in config["trainer"].get("callbacks") or []:
+        for callback in callbacks:
             args = callback.setdefault("init_args", {})
             wanted = dict(self.callback_args.get(callback["class_path"], {}))
             if callback["class_path"] in EXPORT_CALLBACKS:
@@ -183,21 +182,20 @@ class RunSpec:
             "--seed_everything", str(self.seed),
             "--data.task_name", self.task,
             "--data.data_dir", self.data_dir,
-            "--data.max_seq_length", str(self.max_seq_length),
             "--trainer.max_epochs", str(self.epochs),
             "--trainer.enable_progress_bar", "false",
             "--trainer.logger.init_args.save_dir", str(self.work_dir / "runs"),
-            "--trainer.logger.init_args.name", f"{self.method}{self.tag}",
-            "--trainer.logger.init_args.version", f"{self.task}_s{self.seed}",
+            "--trainer.logger.init_args.name", "study",
+            "--trainer.logger.init_args.version", self.name,
+            "--model.init_args.learning_rate", f"{self.learning_rate:g}",
         ]  # fmt: skip
-        if self.max_train_samples:
-            args += ["--data.max_train_samples", str(self.max_train_samples)]
+        if self.task in TRAIN_SUBSETS:
+            args += ["--data.max_train_samples", str(TRAIN_SUBSETS[self.task])]
+            args += ["--data.train_subset_seed", str(TRAIN_SUBSET_SEED)]
         if self.model:
             args += ["--model.init_args.model_name_or_path", self.model]
         if self.teacher:
             args += ["--model.init_args.teacher", self.teacher]
-        for key, value in self.model_args.items():
-            args += [f"--model.init_args.{key}", str(value)]
         return args
 
 
@@ -293,21 +291,22 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
-def make_record(
-    *, method: str, task: str, seed: int, run_dir: Path, command: list[str], wall_s: float, extra: dict[str, Any]
-) -> dict[str, Any]:
+def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, extra: dict[str, Any]) -> dict[str, Any]:
     """The JSON record of a finished run: metrics from its events, its resolved config, command and environment."""
-    saved = run_dir / "config.yaml"
+    saved = spec.run_dir / "config.yaml"
     config = yaml.safe_load(saved.read_text()) if saved.exists() else None
     return {
-        "method": method,
-        "task": task,
-        "seed": seed,
-        "metrics": run_metrics(run_dir),
-        "epochs": (config or {}).get("trainer", {}).get("max_epochs"),
+        "name": spec.name,
+        "method": spec.method,
+        "budget": spec.budget,
+        "task": spec.task,
+        "seed": spec.seed,
+        "learning_rate": spec.learning_rate,
+        "metrics": run_metrics(spec.run_dir),
+        "epochs": spec.epochs,
         "wall_s": round(wall_s, 1),
-        "command": shlex.join(["python", *command[1:]] if command[0] == sys.executable else command),
-        "run_dir": str(run_dir),
+        "cpu_s": round(cpu_s, 1),
+        "command": shlex.join(["python", *command[1:]]),
         "resolved_config": config,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         **extra,
@@ -330,42 +329,58 @@ def study_lock(work_dir: Path) -> Iterator[None]:
         yield
 
 
-def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None = None) -> dict[str, Any] | None:
-    """Run ``spec`` unless a record of the same run exists; write and return the record, or None when the run failed.
+def current_record(spec: RunSpec) -> dict[str, Any] | None:
+    """The record of ``spec`` if it exists and was made by the config and command that would run now.
 
-    A record whose config or command differs from what would run now (a default changed in configs/) is stale: it
-    moves to ``records/stale/`` and the run starts again.
+    A record whose config or command differs (a default changed in configs/) is stale: it moves to ``stale/``.
     """
+    if not spec.record_path.exists():
+        return None
+    record = json.loads(spec.record_path.read_text())
+    if record.get("run_fingerprint") == run_fingerprint(spec):
+        return record
+    stale = spec.record_path.parent / "stale" / spec.record_path.name
+    stale.parent.mkdir(exist_ok=True)
+    spec.record_path.replace(stale)
+    print(f"[stale] {spec.name}: its config or command changed since it ran; moved to {stale}", flush=True)
+    return None
+
+
+def train(spec: RunSpec) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
+    """Run ``spec`` from scratch; ``(command, wall s, CPU s, callback edits)``, or None when it failed."""
     command = spec.command()
-    fingerprint = run_fingerprint(spec.edited_config()[0], command)
-    if spec.record_path.exists():
-        old = json.loads(spec.record_path.read_text())
-        if old.get("run_fingerprint") in (None, fingerprint):  # None: a record from before fingerprints
-            print(f"[skip] {spec.name}: {spec.record_path} exists", flush=True)
-            return old
-        stale = spec.record_path.parent / "stale" / spec.record_path.name
-        stale.parent.mkdir(exist_ok=True)
-        spec.record_path.replace(stale)
-        print(f"[stale] {spec.name}: its config or command changed since {stale} was written; running it again", flush=True)
     if spec.run_dir.exists():
         shutil.rmtree(spec.run_dir)  # an interrupted attempt: start it again from scratch
     edits = spec.write_config()
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(command)}", flush=True)
-    start = time.monotonic()
+    start, cpu_start = time.monotonic(), _children_cpu_s()
     with open(spec.log_path, "w") as log:
         log.write(shlex.join(command) + "\n\n")
         log.flush()
         status = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall = time.monotonic() - start
+    wall, cpu = time.monotonic() - start, _children_cpu_s() - cpu_start
     if status != 0:
         print(f"[FAIL] {spec.name}: exit status {status} after {wall:.0f} s; see {spec.log_path}", flush=True)
         return None
-    record = make_record(
-        method=spec.method, task=spec.task, seed=spec.seed, run_dir=spec.run_dir, command=command, wall_s=wall,
-        extra={"export_dir": str(spec.export_dir), "config_file": str(spec.config_path), "callback_edits": edits,
-               "log": str(spec.log_path), "tag": spec.tag, "run_fingerprint": fingerprint, **(extra or {})},
-    )  # fmt: skip
+    return command, wall, cpu, edits
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def execute(spec: RunSpec, keep_checkpoints: bool = False) -> dict[str, Any] | None:
+    """Run ``spec`` unless it has a current record; write and return the record, or None when the run failed."""
+    record = current_record(spec)
+    if record is not None:
+        return record
+    result = train(spec)
+    if result is None:
+        return None
+    command, wall, cpu, edits = result
+    record = make_record(spec, command, wall, cpu, {"callback_edits": edits, "run_fingerprint": run_fingerprint(spec)})
     write_record(spec.record_path, record)
     if not keep_checkpoints:
         shutil.rmtree(spec.run_dir / "checkpoints", ignore_errors=True)
@@ -373,114 +388,182 @@ def execute(spec: RunSpec, keep_checkpoints: bool, extra: dict[str, Any] | None 
     return record
 
 
-def run_fingerprint(config_text: str, command: list[str]) -> str:
-    """A hash of the run's YAML and its command line (without the interpreter's path), to tell a stale record."""
-    digest = hashlib.sha256(config_text.encode())
-    digest.update("\0".join(command[1:]).encode())
-    return digest.hexdigest()[:16]
-
-
-def dense_export(work_dir: Path, task: str, seed: int) -> str | None:
-    """The dense run's export folder from its record, or None when the dense run has not finished."""
-    path = work_dir / "records" / f"dense_{task}_s{seed}.json"
-    if not path.exists():
-        return None
-    export = json.loads(path.read_text()).get("export_dir")
-    return export if export and Path(export).exists() else None
-
-
-def make_spec(method: str, task: str, seed: int, profile: Profile, args: argparse.Namespace) -> RunSpec | None:
-    """The run of ``method``; None (with a message) when its inputs are missing (no dense export, no config)."""
-    if not (CONFIGS / METHOD_CONFIGS[method]).exists():
-        print(f"[wait] {method}_{task}_s{seed}: configs/{METHOD_CONFIGS[method]} does not exist yet", flush=True)
-        return None
-    spec = RunSpec(
-        method=method, task=task, seed=seed, epochs=profile.epochs(method), work_dir=args.work_dir,
-        data_dir=args.data_dir, max_seq_length=profile.max_seq_length,
-        max_train_samples=profile.max_train_samples.get(task),
+def rebuild_export(spec: RunSpec) -> bool:
+    """Run a recorded dense run again for its export (missing on a new machine); note the rebuild in its record."""
+    print(f"[rebuild] {spec.name}: its export is missing; running its recorded command again", flush=True)
+    result = train(spec)
+    if result is None or not spec.export_dir.exists():
+        return False
+    record = json.loads(spec.record_path.read_text())
+    rebuilt = run_metrics(spec.run_dir)["best_score"]
+    record.setdefault("rebuilds", []).append(
+        {"best_score": rebuilt, "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+         "machine": environment()["machine"]}
     )  # fmt: skip
-    if method in ("asp", "nxm", "nxm_kd"):
-        dense_seed = profile.dense_seed(seed)
-        export = dense_export(args.work_dir, task, dense_seed)
-        if export is None:
-            print(f"[wait] {spec.name}: needs the dense export of {task} seed {dense_seed}", flush=True)
-            return None
-        if method == "nxm_kd":
-            spec.teacher = export
-        else:
-            spec.model = export
-    return spec
+    write_record(spec.record_path, record)
+    print(f"[rebuilt] {spec.name}: best {rebuilt:.2f} (recorded {record['metrics']['best_score']:.2f})", flush=True)
+    return True
+
+
+def run_fingerprint(spec: RunSpec) -> str:
+    """A hash of the run's YAML and its command line, to tell a stale record; without the interpreter's path, the work
+    dir and the data dir, so that the records stay current on another machine."""
+    text = spec.edited_config()[0] + "\0".join(spec.command()[1:])
+    text = text.replace(str(spec.work_dir), "<work>").replace(spec.data_dir, "<glue>")
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+# ---- the plan -----------------------------------------------------------------------------------------------------
+
+
+class Waiting(Exception):
+    """A run cannot be planned yet: an earlier run it depends on has not finished (or failed)."""
+
+
+@dataclass
+class Study:
+    """Plans the study's runs from the records so far; :meth:`runs` yields them in running order."""
+
+    work_dir: Path
+    data_dir: str
+    tasks: tuple[str, ...] = TASKS
+    seeds: tuple[int, ...] = SEEDS
+    budgets: tuple[str, ...] = tuple(BUDGETS)
+    records_dir: Path = RECORDS
+    known: dict[str, dict[str, Any]] | None = None  # records by run name instead of records_dir (the report)
+
+    def spec(self, method: str, task: str, seed: int, learning_rate: float, budget: str | None = None) -> RunSpec:
+        epochs = DENSE_EPOCHS if budget is None else BUDGETS[budget].epochs
+        spec = RunSpec(method, task, seed, epochs, learning_rate, self.work_dir, self.data_dir, budget,
+                       records_dir=self.records_dir)  # fmt: skip
+        if budget is not None:
+            export = str(self.best_dense(task).export_dir)
+            spec.teacher, spec.model = (export, None) if method in KD_METHODS else (None, export)
+            zsteps = zstep_args(spec) if self.known is None else {}  # the report needs no data files
+            spec.callback_args = {ADMM_CALLBACK: zsteps} if zsteps else {}
+        return spec
+
+    def record(self, spec: RunSpec) -> dict[str, Any] | None:
+        if self.known is not None:
+            return self.known.get(spec.name)
+        return json.loads(spec.record_path.read_text()) if spec.record_path.exists() else None
+
+    def best(self, specs: list[RunSpec]) -> RunSpec:
+        """The spec whose record has the best dev score; Waiting while any has no record."""
+        scored = [(self.record(spec), spec) for spec in specs]
+        missing = [spec.name for record, spec in scored if record is None]
+        if missing:
+            raise Waiting(f"needs {', '.join(missing)}")
+        return max(scored, key=lambda item: item[0]["metrics"]["best_score"])[1]
+
+    def dense_grid(self, task: str) -> list[RunSpec]:
+        return [self.spec("dense", task, self.seeds[0], lr) for lr in DENSE_LRS]
+
+    def best_dense(self, task: str) -> RunSpec:
+        return self.best(self.dense_grid(task))
+
+    def sweep(self, method: str) -> list[RunSpec]:
+        return [self.spec(method, SWEEP_TASK, self.seeds[0], lr, "paper") for lr in SPARSE_LRS]
+
+    def learning_rate(self, method: str, budget: str) -> float:
+        """The method's learning rate at ``budget``: fixed, the config's (no partner: nxm_paper), or its sweep's best."""
+        fixed = BUDGETS[budget].fixed_lrs
+        if method in fixed:
+            return fixed[method]
+        if method not in LR_PARTNER:
+            config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[method]).read_text())
+            return float(config["model"]["init_args"]["learning_rate"])
+        return self.best(self.sweep(LR_PARTNER[method])).learning_rate
+
+    def runs(self) -> Iterator[RunSpec | Waiting]:
+        """Every run once, in running order; a :class:`Waiting` in place of a run whose inputs have not finished."""
+        seen: set[str] = set()
+        for item in self._all_runs():
+            if isinstance(item, RunSpec):
+                if item.name in seen:
+                    continue  # a sweep point that is also the study's run (the first seed at the chosen rate)
+                seen.add(item.name)
+            yield item
+
+    def _all_runs(self) -> Iterator[RunSpec | Waiting]:
+        for task in self.tasks:
+            yield from self.dense_grid(task)
+            if task == SWEEP_TASK and "paper" in self.budgets:
+                for method in ("asp", "nxm"):
+                    yield from self._planned(lambda m=method: self.sweep(m))
+            for budget in self.budgets:
+                for seed in self.seeds:
+                    for method in BUDGETS[budget].methods:
+                        if seed != self.seeds[0] and method in BUDGETS[budget].first_seed_only:
+                            continue
+                        yield from self._planned(
+                            lambda m=method, t=task, s=seed, b=budget: [self.spec(m, t, s, self.learning_rate(m, b), b)]
+                        )
+
+    @staticmethod
+    def _planned(make: Any) -> Iterator[RunSpec | Waiting]:
+        try:
+            yield from make()
+        except Waiting as waiting:
+            yield waiting
+
+
+def zstep_args(spec: RunSpec) -> dict[str, Any]:
+    """ADMM's Z-step interval for ``spec``, shortened where the config's would give fewer than :data:`MIN_ZSTEPS`
+    Z-steps in the phase (RTE's 78 steps an epoch)."""
+    config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[spec.method]).read_text())
+    admm = next((c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"] == ADMM_CALLBACK), None)
+    if admm is None or admm.get("update_every") is None or spec.budget != "paper":
+        return {}
+    steps = steps_per_epoch(spec) * spec.epochs * admm.get("end_fraction", 1.0)
+    every = admm["update_every"]
+    return {} if steps // every >= MIN_ZSTEPS else {"update_every": max(1, int(steps // MIN_ZSTEPS))}
+
+
+def steps_per_epoch(spec: RunSpec) -> int:
+    """Optimizer steps of one training epoch of ``spec``'s task (from the training file's line count)."""
+    from nxm_lightning.glue import get_task
+
+    config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[spec.method]).read_text())
+    task = get_task(spec.task)
+    lines = (REPO / spec.data_dir / task.directory / "train.tsv").read_text(encoding="utf-8-sig").splitlines()
+    examples = sum(1 for line in lines if line.strip()) - task.has_header
+    examples = min(examples, TRAIN_SUBSETS.get(spec.task, examples))
+    return -(-examples // config["data"]["batch_size"])
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    profile = PROFILES[args.profile]
-    seeds = args.seeds or profile.seeds
+    study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets))
     with study_lock(args.work_dir):
-        for seed, task, method in itertools.product(seeds, args.tasks, args.methods):
-            if method in ("dense", "nxm_onestage") and profile.dense_seed(seed) != seed:
-                continue  # the profile runs the dense stage (and the one-stage method) for dense_seeds only
-            spec = make_spec(method, task, seed, profile, args)
-            if spec is not None:
-                execute(spec, args.keep_checkpoints, {"profile": args.profile})
-
-
-def tune_variants() -> list[tuple[str, dict[str, Any]]]:
-    """``(tag, changes)`` for each point of :data:`TUNE_GRID`, one setting changed at a time from configs/glue.yaml."""
-    base = yaml.safe_load((CONFIGS / "glue.yaml").read_text())
-    admm = next(c["init_args"] for c in base["trainer"]["callbacks"] if c["class_path"] == ADMM_CALLBACK)
-    defaults = {**admm, "learning_rate": base["model"]["init_args"]["learning_rate"]}
-    variants = [("_tune_base", {})]
-    for key, values in TUNE_GRID.items():
-        variants += [(f"_tune_{key}_{value}", {key: value}) for value in values if value != defaults.get(key)]
-    return variants
-
-
-def parse_changes(items: list[str]) -> dict[str, Any]:
-    """``["rho=0.1", "end_fraction=0.3"]`` -> ``{"rho": 0.1, "end_fraction": 0.3}`` (values parsed as YAML)."""
-    changes = {}
-    for item in items:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise SystemExit(f"--change {item!r}: write KEY=VALUE, e.g. --change rho=0.1")
-        changes[key] = yaml.safe_load(value)
-    return changes
-
-
-def cmd_tune(args: argparse.Namespace) -> None:
-    profile = PROFILES[args.profile]
-    if args.change:
-        changes = parse_changes(args.change)
-        variants = [("_tune_" + "_".join(f"{k}_{v}" for k, v in changes.items()), changes)]
-    else:
-        variants = tune_variants()
-    if args.profile != "quick":  # another budget: another run, not the quick profile's record
-        variants = [(f"{tag}_{args.profile}", changes) for tag, changes in variants]
-    if args.variants:
-        variants = [(tag, changes) for tag, changes in variants if tag.removeprefix("_tune_") in args.variants]
-    with study_lock(args.work_dir):
-        for tag, changes in variants:
-            spec = make_spec(args.method, args.task, profile.seeds[0], profile, args)
-            if spec is None:
+        while True:
+            ran = False
+            for item in study.runs():
+                if isinstance(item, Waiting) or current_record(item) is not None:
+                    continue
+                if item.budget is not None:
+                    dense = study.best_dense(item.task)
+                    if not dense.export_dir.exists() and not rebuild_export(dense):
+                        print(f"[wait] {item.name}: the dense export {dense.export_dir} could not be rebuilt", flush=True)
+                        continue
+                ran = execute(item, args.keep_checkpoints) is not None or ran
+                break  # plan again: this run may decide the next ones (the best dense model, a swept learning rate)
+            else:
+                print("[end ] nothing left to run (see `plan` for runs waiting on failed ones)", flush=True)
                 return
-            spec.tag = tag
-            spec.model_args = {k: v for k, v in changes.items() if k in MODEL_ARGS}
-            callback_args = {k: v for k, v in changes.items() if k not in MODEL_ARGS}
-            if callback_args and args.method == "asp":
-                raise SystemExit(f"asp has no ADMM phase: {sorted(callback_args)} cannot change; vary {list(MODEL_ARGS)}.")
-            spec.callback_args = {ADMM_CALLBACK: callback_args} if callback_args else {}
-            execute(spec, args.keep_checkpoints, {"profile": args.profile, "tune": changes})
+            if not ran:
+                print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
+                return
 
 
-def cmd_import(args: argparse.Namespace) -> None:
-    """Record a finished ``cli.py fit`` run that the study did not start."""
-    record = make_record(
-        method=args.method, task=args.task, seed=args.seed, run_dir=args.run_dir, command=shlex.split(args.command),
-        wall_s=args.wall_s, extra={"export_dir": args.export_dir, "log": args.log, "profile": args.profile, "tag": "",
-                                   "imported": True},
-    )  # fmt: skip
-    path = args.work_dir / "records" / f"{args.method}_{args.task}_s{args.seed}.json"
-    write_record(path, record)
-    print(f"wrote {path}: best {record['metrics']['best_score']:.2f}")
+def cmd_plan(args: argparse.Namespace) -> None:
+    study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets))
+    for item in study.runs():
+        if isinstance(item, Waiting):
+            print(f"[wait] {item}")
+            continue
+        record = study.record(item)
+        state = f"done  {record['metrics']['best_score']:6.2f}" if record else "to run"
+        print(f"[{state}] {item.name}")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -488,36 +571,16 @@ def main(argv: list[str] | None = None) -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / "results" / "study")
-    common.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", str(REPO.parent / "shared" / "data" / "glue")))
-    common.add_argument("--profile", choices=sorted(PROFILES), default="quick")
-    common.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
-
-    run = sub.add_parser("run", parents=[common], help="methods x tasks x seeds, resumable")
-    run.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    run.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    run.add_argument("--seeds", nargs="+", type=int, help="default: the profile's")
+    common.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
+    common.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    common.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
+    run = sub.add_parser("run", parents=[common], help="run what has no record yet, in the plan's order")
+    run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
     run.set_defaults(func=cmd_run)
-
-    tune = sub.add_parser("tune", parents=[common], help="sweep nxm, or one point of any method, on one task")
-    tune.add_argument("--task", choices=TASKS, default="stsb")
-    tune.add_argument("--method", choices=("nxm", "nxm_kd", "asp"), default="nxm", help="the method whose config is varied")
-    tune.add_argument("--variants", nargs="+", help="only these points, e.g. rho_0.1 update_every_50 base (default: all)")
-    tune.add_argument(
-        "--change", nargs="+", metavar="KEY=VALUE", help="one point with these changes, e.g. rho=0.1 end_fraction=0.3"
+    sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(
+        func=cmd_plan
     )
-    tune.set_defaults(func=cmd_tune)
-
-    imp = sub.add_parser("import", parents=[common], help="record a finished cli.py fit run made by hand")
-    imp.add_argument("--method", choices=METHODS, required=True)
-    imp.add_argument("--task", choices=TASKS, required=True)
-    imp.add_argument("--seed", type=int, required=True)
-    imp.add_argument("--run-dir", type=Path, required=True, help="the TensorBoard log dir of the run")
-    imp.add_argument("--export-dir", required=True)
-    imp.add_argument("--command", required=True, help="the command that ran it")
-    imp.add_argument("--wall-s", type=float, required=True, help="its wall time in seconds")
-    imp.add_argument("--log", default="")
-    imp.set_defaults(func=cmd_import)
-
     args = parser.parse_args(argv)
     args.work_dir = args.work_dir.resolve()
     args.func(args)

@@ -1,16 +1,17 @@
-"""Regenerate the study part of ``docs/RESULTS.md`` and its plots from the JSON records of ``glue_study.py``.
+"""Regenerate the study part of ``docs/RESULTS.md`` and its plots from the committed records of ``glue_study.py``.
 
-    python benchmarks/study_report.py --records /tmp/study/records
+    python benchmarks/study_report.py
 
 Rewrites the text between the ``<!-- study_report:begin -->`` and ``<!-- study_report:end -->`` markers of
 ``docs/RESULTS.md`` (creating the file when it has none) and keeps everything outside them, the hand-written analysis.
-Writes ``docs/study_scores.png`` (dev score per method and task) and ``docs/study_admm.png`` (the ADMM residuals, the
-mask-flip rate and the dev score of one nxm run, from the curves stored in its record).
+Writes ``docs/study_scores.png`` (dev score per method and task, both budgets, with the seed spread) and
+``docs/study_admm.png`` (the ADMM curves of one nxm run per task, from the curves stored in the records).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 from collections import defaultdict
@@ -18,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+from glue_study import BUDGETS, DENSE_LRS, RECORDS, SPARSE_LRS, SWEEP_TASK, TRAIN_SUBSETS, RunSpec, Study, Waiting
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,284 +28,280 @@ REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- study_report:begin -->", "<!-- study_report:end -->"
 TASKS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "stsb": "STS-B (Pearson/Spearman)", "rte": "RTE (acc)"}
 METHODS = {
-    "dense": "dense (fine-tuned MiniLM-L6, the teacher)",
-    "asp": "asp (magnitude 2:4 of dense + masked fine-tuning)",
-    "nxm": "nxm (ADMM from dense + hard prune + masked fine-tuning)",
-    "nxm_kd": "nxm_kd (nxm with dense as teacher)",
-    "nxm_onestage": "nxm_onestage (nxm from pretrained MiniLM, dense + sparse epochs)",
+    "dense": "dense (the best of the grid: the start and teacher)",
+    "asp": "asp (magnitude 2:4 once + masked fine-tuning)",
+    "asp_kd": "asp_kd (asp + distillation from dense)",
+    "nxm": "nxm (converging ADMM + cut + masked fine-tuning)",
+    "nxm_kd": "nxm_kd (nxm + distillation from dense)",
+    "nxm_paper": "nxm_paper (the research code's recipe)",
 }
+PAIRS = (("nxm", "asp"), ("nxm_kd", "asp_kd"))
+# The goals of issue 12 at the paper budget: (method, reference, margin) meaning method >= reference + margin.
+GOALS = (("nxm", "asp", 1.0), ("nxm_kd", "asp_kd", 0.5), ("nxm_kd", "dense", -1.0))
 Records = list[dict[str, Any]]
+Cells = dict[tuple[str, str], dict[int, float]]
 
 
 def load_records(directory: Path) -> Records:
-    """Every ``*.json`` record under ``directory``, in finishing order."""
+    """Every ``*.json`` record directly under ``directory`` (not ``stale/``), in finishing order."""
     records = [json.loads(path.read_text()) for path in sorted(directory.glob("*.json"))]
     return sorted(records, key=lambda r: r.get("finished_at", ""))
 
 
-def study_records(records: Records) -> Records:
-    """The main study's records (without the ``tune`` sweep's)."""
-    return [r for r in records if not r.get("tag")]
+def score(record: dict[str, Any]) -> float:
+    return record["metrics"]["best_score"]
 
 
-def scores_by_cell(records: Records) -> dict[tuple[str, str], list[float]]:
-    """``{(method, task): [best post-prune dev score of each seed]}``."""
-    cells: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for r in records:
-        cells[(r["method"], r["task"])].append(r["metrics"]["best_score"])
+def planned(records: Records) -> tuple[Study, list[RunSpec | Waiting]]:
+    """The study's plan with the choices (best dense run, swept learning rates) that ``records`` decide."""
+    study = Study(Path("."), "", known={r["name"]: r for r in records})
+    return study, list(study.runs())
+
+
+def study_cells(records: Records, budget: str) -> Cells:
+    """``{(method, task): {seed: best dev score}}`` of the runs the plan chose at ``budget`` (each method at its
+    chosen learning rate), with the dense cell from the best run of each task's grid once the grid has finished."""
+    study, plan = planned(records)
+    cells: Cells = defaultdict(dict)
+    for spec in plan:
+        record = None if isinstance(spec, Waiting) else study.record(spec)
+        if record is None or spec.budget not in (None, budget):
+            continue
+        with contextlib.suppress(Waiting):  # a sweep point of a sweep that is not finished
+            chosen = study.best_dense(spec.task) if spec.budget is None else None
+            if spec.budget is None and chosen.name != spec.name:
+                continue
+            if spec.budget is not None and spec.learning_rate != study.learning_rate(spec.method, budget):
+                continue
+            cells[(spec.method, spec.task)][spec.seed] = score(record)
     return cells
 
 
-def common_tasks(cells: dict[tuple[str, str], list[float]], methods: list[str]) -> list[str]:
-    """The tasks where every method in ``methods`` has a result (the average is taken over them)."""
-    return [t for t in TASKS if all((m, t) in cells for m in methods)]
-
-
-def mean_over(cells: dict[tuple[str, str], list[float]], method: str, tasks: list[str]) -> float | None:
-    if not tasks or any((method, t) not in cells for t in tasks):
-        return None
-    return statistics.mean(statistics.mean(cells[(method, t)]) for t in tasks)
-
-
-def fmt_cell(values: list[float] | None) -> str:
+def fmt_cell(values: list[float]) -> str:
     if not values:
-        return "not run"
+        return "-"
     if len(values) == 1:
         return f"{values[0]:.1f}"
     return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} (n={len(values)})"
 
 
-def main_table(records: Records) -> list[str]:
-    cells = scores_by_cell(records)
-    methods = [m for m in METHODS if any(m == r["method"] for r in records)]
-    tasks = common_tasks(cells, methods)
-    average = f"average ({', '.join(TASKS[t].split(' ')[0] for t in tasks) or 'no task with all methods'})"
-    lines = [
-        "| method | " + " | ".join(TASKS.values()) + f" | {average} |",
-        "|---" * (len(TASKS) + 2) + "|",
-    ]
-    for method, label in METHODS.items():
-        row = [fmt_cell(cells.get((method, t))) for t in TASKS]
-        avg = mean_over(cells, method, tasks)
-        lines.append(f"| {label} | " + " | ".join(row) + f" | {'not run' if avg is None else f'{avg:.1f}'} |")
+def average(cells: Cells, method: str) -> float | None:
+    """The mean over all four tasks of the per-task means, or None while a task is missing."""
+    if any(not cells.get((method, t)) for t in TASKS):
+        return None
+    return statistics.mean(statistics.mean(cells[(method, t)].values()) for t in TASKS)
+
+
+def score_table(cells: Cells, methods: tuple[str, ...]) -> list[str]:
+    lines = ["| method | " + " | ".join(TASKS.values()) + " | 4-task average |", "|---" * (len(TASKS) + 2) + "|"]
+    for method in ("dense", *methods):
+        row = [fmt_cell(list(cells.get((method, t), {}).values())) for t in TASKS]
+        avg = average(cells, method)
+        lines.append(f"| {METHODS[method]} | " + " | ".join(row) + f" | {'-' if avg is None else f'{avg:.1f}'} |")
     return lines
 
 
-def goal_lines(records: Records) -> list[str]:
-    """The issue's two goals, checked on the tasks that every compared method finished."""
-    cells = scores_by_cell(records)
-    lines = []
-    for first, second, goal, label in (
-        ("nxm", "asp", 1.0, "nxm at least 1.0 point above asp"),
-        ("nxm_kd", "dense", -1.0, "nxm_kd within 1.0 point of dense"),
-    ):
-        tasks = common_tasks(cells, [first, second])
-        a, b = mean_over(cells, first, tasks), mean_over(cells, second, tasks)
-        if a is None or b is None:
-            lines.append(f"- {label}: not measured (no task where both ran).")
+def paired_lines(cells: Cells, budget: str) -> list[str]:
+    """Per task, the per-seed differences of each pair (same seed, same dense start), their mean and spread."""
+    lines = ["| difference | " + " | ".join(TASKS.values()) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for first, second in PAIRS:
+        if first not in BUDGETS[budget].methods or second not in BUDGETS[budget].methods:
             continue
-        gap = a - b
-        met = gap >= goal
-        names = ", ".join(TASKS[t].split(" ")[0] for t in tasks)
-        lines.append(f"- {label}: {first} {a:.1f} - {second} {b:.1f} = {gap:+.1f} on {names}: **{'met' if met else 'not met'}**.")
+        row = []
+        for task in TASKS:
+            a, b = cells.get((first, task), {}), cells.get((second, task), {})
+            diffs = [a[s] - b[s] for s in sorted(a) if s in b]
+            row.append(
+                "-" if not diffs else (f"{diffs[0]:+.1f} (n=1)" if len(diffs) == 1
+                                       else f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} (n={len(diffs)})")
+            )  # fmt: skip
+        lines.append(f"| {first} - {second} | " + " | ".join(row) + " |")
+    return lines
+
+
+def goal_lines(cells: Cells) -> list[str]:
+    lines = []
+    for method, reference, margin in GOALS:
+        want = f"{method} >= {reference} {'+' if margin >= 0 else '-'} {abs(margin):.1f} on the 4-task average"
+        a, b = average(cells, method), average(cells, reference)
+        if a is None or b is None:
+            done = [TASKS[t].split(" ")[0] for t in TASKS if cells.get((method, t)) and cells.get((reference, t))]
+            lines.append(f"- {want}: **not yet measured** (both finished on: {', '.join(done) or 'no task'}).")
+            continue
+        met = a - b >= margin
+        lines.append(f"- {want}: {method} {a:.1f} - {reference} {b:.1f} = {a - b:+.1f}: **{'met' if met else 'not met'}**.")
+    return lines
+
+
+def dense_grid_table(records: Records) -> list[str]:
+    dense = {(r["task"], r["learning_rate"]): r for r in records if r["method"] == "dense"}
+    header = " | ".join(f"lr {lr:g}" for lr in DENSE_LRS)
+    lines = [f"| task | {header} |", "|---" * (len(DENSE_LRS) + 1) + "|"]
+    for task, label in TASKS.items():
+        row = []
+        for lr in DENSE_LRS:
+            r = dense.get((task, lr))
+            if r is None:
+                row.append("-")
+                continue
+            epochs = len(r["metrics"]["val_scores"])
+            best_epoch = [s for s, _ in r["metrics"]["val_scores"]].index(r["metrics"]["best_step"]) + 1
+            row.append(f"{score(r):.2f} (epoch {best_epoch} of {epochs})")
+        lines.append(f"| {label} | " + " | ".join(row) + " |")
+    return lines
+
+
+def sweep_table(records: Records) -> list[str]:
+    runs = {(r["method"], r["learning_rate"]): r for r in records
+            if r.get("budget") == "paper" and r["task"] == SWEEP_TASK and r["method"] in ("asp", "nxm")}  # fmt: skip
+    lines = ["| method | " + " | ".join(f"lr {lr:g}" for lr in SPARSE_LRS) + " |", "|---" * (len(SPARSE_LRS) + 1) + "|"]
+    for method in ("asp", "nxm"):
+        row = [f"{score(runs[(method, lr)]):.2f}" if (method, lr) in runs else "-" for lr in SPARSE_LRS]
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def compute_lines(records: Records) -> list[str]:
+    totals: dict[str, list[float]] = defaultdict(lambda: [0.0, 0.0, 0])
+    for r in records:
+        key = r["method"] if r["method"] == "dense" else f"{r['method']} ({r['budget']})"
+        totals[key][0] += r.get("cpu_s", 0.0) / 3600
+        totals[key][1] += r["wall_s"] / 3600
+        totals[key][2] += 1
+    lines = ["| method | runs | CPU hours | wall hours | CPU hours per run |", "|---|---|---|---|---|"]
+    for key, (cpu, wall, n) in sorted(totals.items()):
+        lines.append(f"| {key} | {n} | {cpu:.1f} | {wall:.1f} | {cpu / n:.2f} |")
     return lines
 
 
 def runs_table(records: Records) -> list[str]:
     lines = [
-        "| run | epochs | best dev score (step) | final dev score | dev score before -> after the cut | wall time "
-        "| finished (UTC) |",
-        "|---|---|---|---|---|---|---|",
+        "| run | epochs | best dev score (step) | final | before -> after the cut | Z-steps | wall | finished (UTC) |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         m = r["metrics"]
-        cut = (
-            f"{m['prune_score_before']:.1f} -> {m['prune_score_after']:.1f} (step {m['prune_step']})"
-            if m.get("prune_score_after") is not None
-            else "no cut"
-        )
-        name = f"{r['method']}{r.get('tag', '')} {r['task']} s{r['seed']}"
+        cut = f"{m['prune_score_before']:.1f} -> {m['prune_score_after']:.1f}" if m.get("prune_score_after") is not None else "-"
+        zsteps = len(m.get("curves", {}).get("admm/mask_flip_rate", [])) or "-"
         lines.append(
-            f"| {name} | {r['epochs']} | {m['best_score']:.2f} ({m['best_step']}) | {m['final_score']:.2f} | {cut} | "
-            f"{r['wall_s'] / 60:.1f} min | {r['finished_at'][:16].replace('T', ' ')} |"
+            f"| {r['name']} | {r['epochs']} | {score(r):.2f} ({m['best_step']}) | {m['final_score']:.2f} | {cut} | "
+            f"{zsteps} | {r['wall_s'] / 60:.0f} min | {r['finished_at'][:16].replace('T', ' ')} |"
         )
-    return lines
-
-
-def settings(record: dict[str, Any]) -> dict[str, str]:
-    """What a sweep point varies, read from the run's resolved config (so it stays right when the defaults change)."""
-    config = record.get("resolved_config") or {}
-    model = (config.get("model") or {}).get("init_args", {})
-    admm = next(
-        (
-            c["init_args"]
-            for c in (config.get("trainer") or {}).get("callbacks") or []
-            if c["class_path"].endswith("NxMSparsifyCallback")
-        ),
-        None,
-    )
-    row = {"lr": f"{model.get('learning_rate', '?'):g}", "warmup": f"{model.get('warmup_ratio', '?')}"}
-    if admm is None:
-        return {**row, "penalty": "no ADMM (magnitude cut at fit start)", "rho": "-", "Z-step every": "-", "ADMM until": "-"}
-    rho = f"{admm['rho']:g}"
-    if admm.get("rho_factor", 1.0) != 1.0:
-        rho += f" x{admm['rho_factor']:g} per Z-step up to {admm.get('rho_max')}"
-    every = admm.get("update_every")
-    end = next(
-        (f"{k.removeprefix('end_')} {admm[k]}" for k in ("end_fraction", "end_epoch", "end_step") if admm.get(k)), "fit end"
-    )
-    return {**row, "penalty": admm["penalty"], "rho": rho, "Z-step every": "epoch" if every is None else f"{every} steps",
-            "ADMM until": end}  # fmt: skip
-
-
-def tune_table(records: Records) -> list[str]:
-    """Every sweep point with its full settings, best first."""
-    tuned = [r for r in records if r.get("tune") is not None]
-    if not tuned:
-        return ["No `tune` sweep has finished yet (`python benchmarks/glue_study.py tune --task stsb`)."]
-    columns = list(settings(tuned[0]))
-    lines = [
-        "| method | task | " + " | ".join(columns) + " | best dev score | dev score before -> after the cut | wall time |",
-        "|---" * (len(columns) + 5) + "|",
-    ]
-    for r in sorted(tuned, key=lambda r: -r["metrics"]["best_score"]):
-        m = r["metrics"]
-        cut = "-" if m.get("prune_score_after") is None else f"{m['prune_score_before']:.1f} -> {m['prune_score_after']:.1f}"
-        values = " | ".join(settings(r).values())
-        lines.append(f"| {r['method']} | {r['task']} | {values} | {m['best_score']:.2f} | {cut} | {r['wall_s'] / 60:.1f} min |")
     return lines
 
 
 def environment_lines(records: Records) -> list[str]:
-    if not records:
-        return ["No records."]
-    envs = {json.dumps(r["environment"], sort_keys=True) for r in records}
+    envs = sorted({json.dumps({k: v for k, v in r["environment"].items() if k != "git_commit"}, sort_keys=True)
+                   for r in records})  # fmt: skip
     lines = []
-    for text in sorted(envs):
+    for text in envs:
         env = json.loads(text)
         packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-        lines.append(
-            f"- {env['machine']}; accelerator: {env['accelerator']}; Python {env['python']}; {packages}; "
-            f"commit {env['git_commit'][:10]}{' + local changes' if env['git_dirty'] else ''}"
-        )
-    return lines
+        lines.append(f"- {env['machine']}; accelerator: {env['accelerator']}; Python {env['python']}; {packages}")
+    commits = sorted({r["environment"]["git_commit"][:10] for r in records})
+    return [*lines, f"- commits: {', '.join(commits)}"] if lines else ["No records yet."]
 
 
 def command_lines(records: Records) -> list[str]:
     lines = ["```bash"]
     for r in records:
-        lines.append(f"# {r['method']}{r.get('tag', '')} {r['task']} seed {r['seed']}")
-        edits = [f"{cls.split('.')[-1]}.{k}={v}" for cls, args in r.get("callback_edits", {}).items() for k, v in args.items()]
-        if edits:
-            lines.append(f"# {r['config_file']}: the method's config with {', '.join(edits)}")
+        edits = [f"{c.split('.')[-1]}.{k}={v}" for c, args in r.get("callback_edits", {}).items() for k, v in args.items()
+                 if k != "export_dir"]  # fmt: skip
+        lines.append(f"# {r['name']}" + (f" (config edits: {', '.join(edits)})" if edits else ""))
         lines.append(r["command"])
     return [*lines, "```"]
 
 
-def plot_scores(records: Records, path: Path) -> None:
-    """Grouped bars: the best post-prune dev score per task (and the average), one bar per method, seed spread."""
-    cells = scores_by_cell(records)
-    methods = [m for m in METHODS if any(m == r["method"] for r in records)]
-    tasks = [t for t in TASKS if any((m, t) in cells for m in methods)]
-    fig, ax = plt.subplots(figsize=(9, 4.5))
-    width = 0.8 / max(len(methods), 1)
-    for i, method in enumerate(methods):
-        xs, ys, errs = [], [], []
-        for j, task in enumerate(tasks):
-            values = cells.get((method, task))
-            if values:
-                xs.append(j + (i - (len(methods) - 1) / 2) * width)
-                ys.append(statistics.mean(values))
-                errs.append(statistics.stdev(values) if len(values) > 1 else 0.0)
-        bars = ax.bar(xs, ys, width, yerr=errs, label=method, capsize=2)
-        ax.bar_label(bars, fmt="%.1f", fontsize=7, padding=2)
-    ax.set_xticks(range(len(tasks)), [TASKS[t] for t in tasks])
-    ax.set_ylabel("best dev score after the cut (GLUE points)")
-    low = min((min(v) for v in cells.values()), default=0.0)
-    ax.set_ylim(max(0.0, low - 10), 100)
-    ax.set_title("MiniLM-L6, 2:4 on the 36 encoder matrices (dense: no sparsity)")
-    ax.legend(fontsize=8, ncol=len(methods), loc="upper center")
+def plot_scores(cells_by_budget: dict[str, Cells], path: Path) -> None:
+    """One panel per budget: grouped bars of the dev score per task, one bar per method, seed spread as error bars."""
+    fig, axes = plt.subplots(1, len(cells_by_budget), figsize=(7 * len(cells_by_budget), 4.5), squeeze=False)
+    for ax, (budget, cells) in zip(axes[0], cells_by_budget.items()):
+        methods = ("dense", *BUDGETS[budget].methods)
+        width = 0.8 / len(methods)
+        for i, method in enumerate(methods):
+            xs, ys, errs = [], [], []
+            for j, task in enumerate(TASKS):
+                values = list(cells.get((method, task), {}).values())
+                if values:
+                    xs.append(j + (i - (len(methods) - 1) / 2) * width)
+                    ys.append(statistics.mean(values))
+                    errs.append(statistics.stdev(values) if len(values) > 1 else 0.0)
+            ax.bar(xs, ys, width, yerr=errs, label=method, capsize=2)
+        ax.set_xticks(range(len(TASKS)), [TASKS[t].split(" ")[0] for t in TASKS])
+        ax.set_title(f"{budget} budget ({BUDGETS[budget].epochs} sparse epochs)")
+        ax.set_ylabel("best dev score (GLUE points)")
+        ax.legend(fontsize=7, ncol=3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
-def admm_record(records: Records, task: str) -> dict[str, Any] | None:
-    """The nxm run whose curves are plotted: the main study's on ``task`` if it ran, else the first nxm run with ADMM
-    curves (main study before sweep points)."""
-    candidates = [r for r in records if r["method"] == "nxm" and "admm/primal_residual" in r["metrics"].get("curves", {})]
-    candidates.sort(key=lambda r: (bool(r.get("tag")), r["seed"]))
-    return next((r for r in candidates if r["task"] == task), candidates[0] if candidates else None)
-
-
-def plot_admm(record: dict[str, Any], path: Path) -> None:
-    """Primal and dual residuals, mask-flip rate, and the dev score (with the cut) against the optimizer step."""
-    curves, m = record["metrics"]["curves"], record["metrics"]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for tag in ("admm/primal_residual", "admm/dual_residual"):
-        if tag in curves:
+def plot_admm(records: Records, path: Path) -> bool:
+    """Per task, the flip rate and primal residual of its first nxm run at the paper budget; False when none ran."""
+    runs = {}
+    for r in records:
+        if r["method"] == "nxm" and r.get("budget") == "paper" and "admm/mask_flip_rate" in r["metrics"].get("curves", {}):
+            runs.setdefault(r["task"], r)
+    if not runs:
+        return False
+    fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False)
+    for ax, r in zip(axes[0], runs.values()):
+        curves = r["metrics"]["curves"]
+        for tag, style in (("admm/mask_flip_rate", "o-"), ("admm/primal_residual", "x-")):
             steps, values = zip(*curves[tag])
-            axes[0].plot(steps, values, marker=".", label=tag.split("/")[1])
-    axes[0].set_yscale("log")
-    axes[0].set_title("ADMM residuals (relative)")
-    axes[0].legend(fontsize=8)
-    if "admm/mask_flip_rate" in curves:
-        steps, values = zip(*curves["admm/mask_flip_rate"])
-        axes[1].plot(steps, values, marker=".", color="tab:green")
-    axes[1].set_title("mask flip rate per Z-step")
-    steps, values = zip(*m["val_scores"])
-    axes[2].plot(steps, values, marker="o", label="val/score")
-    if "val_pruned/score" in curves:
-        ps, pv = zip(*curves["val_pruned/score"])
-        axes[2].plot(ps, pv, marker="x", label="val_pruned/score")
-    if m.get("prune_step") is not None:
-        axes[2].scatter([m["prune_step"]] * 2, [m["prune_score_before"], m["prune_score_after"]], color="red", zorder=3)
-        for ax in axes:
-            ax.axvline(m["prune_step"], color="red", linestyle="--", linewidth=0.8)
-    axes[2].set_title("dev score (red: just before / after the cut)")
-    axes[2].legend(fontsize=8)
-    for ax in axes:
+            ax.plot(steps, values, style, markersize=3, label=tag.split("/")[1])
+        if r["metrics"].get("prune_step") is not None:
+            ax.axvline(r["metrics"]["prune_step"], color="red", linestyle="--", linewidth=0.8)
+        ax.set_yscale("log")
         ax.set_xlabel("optimizer step")
-    fig.suptitle(f"nxm on {TASKS[record['task']]}, seed {record['seed']} (red dashed line: the hard prune)")
+        ax.set_title(f"{r['name']}", fontsize=8)
+        ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
+    return True
 
 
-def generated_section(records: Records, docs: Path, admm_task: str) -> list[str]:
+def progress_lines(records: Records) -> list[str]:
+    study, plan = planned(records)
+    runs = [item for item in plan if not isinstance(item, Waiting)]
+    done = sum(1 for spec in runs if study.record(spec) is not None)
+    waiting = len(plan) - len(runs)
+    return [f"{done} of the {len(runs)} runs planned so far have finished; {waiting} more wait on choices that "
+            "unfinished runs decide (the best dense run, the swept learning rates)."]  # fmt: skip
+
+
+def generated_section(records: Records, docs: Path) -> list[str]:
     """The Markdown between the markers; writes the plots into ``docs``."""
-    main = study_records(records)
-    lines = [BEGIN, "", "### The table", ""]
-    lines += [
-        "Best dev score after the hard prune (dense: over all epochs), GLUE points; mean ± standard deviation over "
-        "seeds where more than one ran. Profile(s): "
-        + (", ".join(sorted({str(r.get("profile")) for r in main})) or "none")
-        + "; subsampled training sets: "
-        + (", ".join(sorted({_subsample(r) for r in main if _subsample(r)})) or "none")
-        + ".",
-        "",
-        *main_table(main),
-        "",
-        "Goals of issue 6:",
-        "",
-        *goal_lines(main),
-        "",
-    ]
-    if main:
-        plot_scores(main, docs / "study_scores.png")
-        lines += ["![dev score per method and task](study_scores.png)", ""]
-    record = admm_record(records, admm_task)
-    if record is not None:
-        plot_admm(record, docs / "study_admm.png")
-        lines += ["![ADMM residuals, mask flips and dev score of one nxm run](study_admm.png)", ""]
-    lines += ["### Every run", "", *runs_table(records), "", "### ADMM-phase sweep (`tune`)", "", *tune_table(records), ""]
+    cells = {budget: study_cells(records, budget) for budget in BUDGETS}
+    subsets = ", ".join(f"{t} a fixed random {n} training examples" for t, n in TRAIN_SUBSETS.items())
+    lines = [BEGIN, "", *progress_lines(records), ""]
+    for budget, budget_cells in cells.items():
+        b = BUDGETS[budget]
+        lines += [
+            f"### The `{budget}` budget: {b.epochs} sparse epoch{'s' * (b.epochs > 1)} after the dense stage",
+            "",
+            f"Best dev score, GLUE points, mean ± standard deviation over seeds; {subsets}.",
+            "",
+            *score_table(budget_cells, b.methods),
+            "",
+            "Paired differences (same seed, same dense start):",
+            "",
+            *paired_lines(budget_cells, budget),
+            "",
+        ]
+        if budget == "paper":
+            lines += ["Goals (issue 12):", "", *goal_lines(budget_cells), ""]
+    plot_scores(cells, docs / "study_scores.png")
+    lines += ["![dev score per method and task](study_scores.png)", ""]
+    if plot_admm(records, docs / "study_admm.png"):
+        lines += ["![ADMM flip rate and primal residual of one nxm run per task](study_admm.png)", ""]
+    lines += ["### The dense grid (seed 42; best epoch on dev)", "", *dense_grid_table(records), ""]
+    lines += [f"### The sparse learning rates (`paper` budget, {TASKS[SWEEP_TASK]}, seed 42)", "", *sweep_table(records), ""]
+    lines += ["### Compute", "", *compute_lines(records), ""]
+    lines += ["### Every run", "", *runs_table(records), ""]
     lines += ["### Machine and packages", "", *environment_lines(records), "", "### Exact commands", "", *command_lines(records)]
     return [*lines, "", END]
-
-
-def _subsample(record: dict[str, Any]) -> str:
-    limit = ((record.get("resolved_config") or {}).get("data") or {}).get("max_train_samples")
-    return f"{record['task']} first {limit} training examples" if limit else ""
 
 
 def write_results(path: Path, section: list[str]) -> None:
@@ -320,13 +318,12 @@ def write_results(path: Path, section: list[str]) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--records", type=Path, default=REPO / "benchmarks" / "results" / "study" / "records")
+    parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md")
-    parser.add_argument("--admm-task", default="stsb", help="the task of the nxm run whose ADMM curves are plotted")
     args = parser.parse_args(argv)
     records = load_records(args.records)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    write_results(args.results, generated_section(records, args.results.parent, args.admm_task))
+    write_results(args.results, generated_section(records, args.results.parent))
     print(f"wrote {args.results} from {len(records)} records")
 
 

@@ -34,6 +34,8 @@ class GLUEDataModule(pl.LightningDataModule):
             more padding, fewer keeps each batch a more random sample (STS-B, batch 32: mean padded length 29 with
             50, 38 with 4, 70 without grouping).
         max_train_samples / max_eval_samples: keep only the first examples, for quick runs.
+        train_subset_seed: with ``max_train_samples``, keep a random subset drawn with this seed instead of the
+            first examples (a file sorted by source or label would otherwise give a biased subset).
         num_workers: DataLoader worker processes.
         cache_dir: where ``datasets`` keeps its cache (default: its own); the tokenized splits are cached by
             fingerprint there and reused across runs.
@@ -57,6 +59,7 @@ class GLUEDataModule(pl.LightningDataModule):
         length_group_batches: int = 50,
         max_train_samples: int | None = None,
         max_eval_samples: int | None = None,
+        train_subset_seed: int | None = None,
         num_workers: int = 0,
         cache_dir: str | None = None,
     ) -> None:
@@ -80,6 +83,11 @@ class GLUEDataModule(pl.LightningDataModule):
         self.length_group_batches = length_group_batches
         self.max_train_samples = max_train_samples
         self.max_eval_samples = max_eval_samples
+        if train_subset_seed is not None and max_train_samples is None:
+            raise ValueError(
+                f"train_subset_seed={train_subset_seed} needs max_train_samples (the subset's size); set both or neither."
+            )
+        self.train_subset_seed = train_subset_seed
         self.num_workers = num_workers
         self.cache_dir = cache_dir
         self.tokenizer = load_pretrained(AutoTokenizer, model_name_or_path)
@@ -179,6 +187,8 @@ class GLUEDataModule(pl.LightningDataModule):
         tokenized = []
         for part in parts:
             if limit is not None:
+                if split == "train" and self.train_subset_seed is not None:
+                    part = part.shuffle(seed=self.train_subset_seed)
                 part = part.select(range(min(limit, len(part))))
             tokenized.append(
                 part.map(

@@ -51,6 +51,19 @@ def test_relative_glue_dir_is_taken_from_the_starting_directory(
     assert len(dm.splits["train"]) == 8
 
 
+def test_train_subset_seed_draws_a_fixed_random_subset(glue_dir: Path, tiny_bert: Path) -> None:
+    def labels(**kwargs: int) -> list[int]:
+        dm = GLUEDataModule("sst2", str(tiny_bert), data_dir=str(glue_dir), max_train_samples=200, **kwargs)
+        dm.setup("fit")
+        return list(dm.splits["train"]["label"])
+
+    first, seeded = labels(), labels(train_subset_seed=0)
+    assert seeded == labels(train_subset_seed=0)  # the same subset for every run of the study
+    assert seeded != first and seeded != labels(train_subset_seed=1)
+    with pytest.raises(ValueError, match="needs max_train_samples"):
+        GLUEDataModule("sst2", str(tiny_bert), train_subset_seed=0)
+
+
 def test_length_group_batches_must_be_positive(tiny_bert: Path) -> None:
     with pytest.raises(ValueError, match="length_group_batches=0 must be >= 1"):
         GLUEDataModule("rte", str(tiny_bert), group_by_length=True, length_group_batches=0)

@@ -1,4 +1,4 @@
-"""The accuracy study's driver and report (benchmarks/): run routing, sweep parsing, the table and the goals."""
+"""The accuracy study's driver and report (benchmarks/): the plan and its choices, resuming, the tables and goals."""
 
 from __future__ import annotations
 
@@ -14,69 +14,147 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import glue_study  # noqa: E402
 import main_job  # noqa: E402
 import study_report  # noqa: E402
+from glue_study import RunSpec, Study  # noqa: E402
 
 
-def study_args(work_dir: Path) -> argparse.Namespace:
-    return argparse.Namespace(work_dir=work_dir, data_dir="glue")
+def finish(study: Study, spec: RunSpec, score: float) -> dict:
+    """Write the record of a finished ``spec`` (and its export folder) as the study would."""
+    record = {"name": spec.name, "method": spec.method, "budget": spec.budget, "task": spec.task, "seed": spec.seed,
+              "learning_rate": spec.learning_rate, "metrics": {"best_score": score}}  # fmt: skip
+    glue_study.write_record(spec.record_path, record)
+    spec.export_dir.mkdir(parents=True, exist_ok=True)
+    return record
 
 
-def finish_dense(work_dir: Path, task: str, seed: int) -> Path:
-    export = work_dir / "exports" / f"dense_{task}_s{seed}"
-    export.mkdir(parents=True)
-    glue_study.write_record(work_dir / "records" / f"dense_{task}_s{seed}.json", {"export_dir": str(export)})
-    return export
+def small_study(tmp_path: Path) -> Study:
+    return Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(42, 43), records_dir=tmp_path / "records")
 
 
-def test_parse_changes_reads_yaml_values_and_rejects_bad_items() -> None:
-    assert glue_study.parse_changes(["rho=0.1", "penalty=gradient", "update_every=null"]) == {
-        "rho": 0.1, "penalty": "gradient", "update_every": None,
-    }  # fmt: skip
-    with pytest.raises(SystemExit, match="KEY=VALUE"):
-        glue_study.parse_changes(["rho"])
+def pending(study: Study) -> list[str]:
+    return [item.name if isinstance(item, RunSpec) else "wait" for item in study.runs() if not isinstance(item, RunSpec)
+            or study.record(item) is None]  # fmt: skip
 
 
-def test_sparse_methods_start_from_the_dense_export_of_the_dense_seed(tmp_path: Path) -> None:
-    profile = glue_study.Profile(seeds=(42, 43), dense_epochs=3, sparse_epochs=1, dense_seeds=(42,))
-    args = study_args(tmp_path)
-    assert glue_study.make_spec("asp", "rte", 43, profile, args) is None  # no dense run yet: wait
-    export = finish_dense(tmp_path, "rte", 42)
-    asp = glue_study.make_spec("asp", "rte", 43, profile, args)
-    kd = glue_study.make_spec("nxm_kd", "rte", 43, profile, args)
-    assert asp is not None and asp.model == str(export) and asp.epochs == 1
-    assert kd is not None and kd.teacher == str(export) and kd.model is None
-    onestage = glue_study.make_spec("nxm_onestage", "rte", 42, profile, args)
-    assert onestage is not None and onestage.model is None and onestage.epochs == 4
+def test_the_plan_runs_the_dense_grid_first_and_starts_every_sparse_run_from_its_best(tmp_path: Path) -> None:
+    study = small_study(tmp_path)
+    grid = study.dense_grid("stsb")
+    assert [spec.learning_rate for spec in grid] == list(glue_study.DENSE_LRS)
+    assert all(spec.epochs == glue_study.DENSE_EPOCHS and spec.budget is None for spec in grid)
+    assert pending(study)[:3] == [spec.name for spec in grid] and set(pending(study)[3:]) == {"wait"}
+    for spec, score in zip(grid, (84.0, 86.0, 85.0)):
+        finish(study, spec, score)
+    sweep = [item for item in study.runs() if isinstance(item, RunSpec) and item.budget == "paper"]
+    assert [(s.method, s.learning_rate) for s in sweep[:6]] == [(m, lr) for m in ("asp", "nxm") for lr in glue_study.SPARSE_LRS]
+    best_export = str(grid[1].export_dir)  # lr 1e-4 scored best
+    assert all(s.model == best_export and s.teacher is None and s.epochs == 10 for s in sweep)
+    # Everything after the sweep waits on it, except the short budget, whose learning rates are fixed.
+    short = [item for item in study.runs() if isinstance(item, RunSpec) and item.budget == "short"]
+    assert {(s.method, s.learning_rate, s.epochs) for s in short} == {("asp", 2e-4, 1), ("nxm", 3e-4, 1)}
+    assert len(short) == 4  # 2 methods x 2 seeds
 
 
-def test_write_config_applies_the_sweep_change_and_the_export_dir(tmp_path: Path) -> None:
-    spec = glue_study.RunSpec("nxm", "stsb", 42, 1, tmp_path, "glue", 128, tag="_tune_rho_0.5")
-    spec.callback_args = {glue_study.ADMM_CALLBACK: {"rho": 0.5}}
+def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense_teacher(tmp_path: Path) -> None:
+    study = small_study(tmp_path)
+    for spec, score in zip(study.dense_grid("stsb"), (84.0, 86.0, 85.0)):
+        finish(study, spec, score)
+    for method, scores in (("asp", (80.0, 82.0, 81.0)), ("nxm", (83.0, 81.0, 82.0))):
+        for spec, score in zip(study.sweep(method), scores):
+            finish(study, spec, score)
+    paper = [item for item in study.runs() if isinstance(item, RunSpec) and item.budget == "paper"]
+    lrs = {(s.method, s.seed): s.learning_rate for s in paper[6:]}
+    lrs[("asp", 42)] = lrs[("nxm", 42)] = None  # the sweep's own runs: the seed-42 study runs at the chosen rate
+    lrs |= {(s.method, s.seed): s.learning_rate for s in paper[:6] if study.learning_rate(s.method, "paper") == s.learning_rate}
+    assert lrs[("asp", 42)] == lrs[("asp_kd", 43)] == glue_study.SPARSE_LRS[1]
+    assert lrs[("nxm", 43)] == lrs[("nxm_kd", 42)] == glue_study.SPARSE_LRS[0]
+    assert lrs[("nxm_paper", 42)] == 1e-4 and ("nxm_paper", 43) not in lrs  # the config's; the first seed only
+    kd = next(s for s in paper if s.method == "nxm_kd")
+    assert kd.teacher == str(study.dense_grid("stsb")[1].export_dir) and kd.model is None
+    names = [s.name for s in study.runs() if isinstance(s, RunSpec)]
+    assert len(names) == len(set(names)) == 3 + 6 + 2 * 4 - 2 + 1 + 2 * 2  # no run planned twice
+
+
+def test_a_short_task_gets_a_shorter_zstep_interval_for_twenty_zsteps() -> None:
+    def spec(task: str, method: str = "nxm") -> RunSpec:
+        return RunSpec(method, task, 42, 10, 1e-4, Path("/w"), "../shared/data/glue", "paper")
+
+    assert glue_study.steps_per_epoch(spec("rte")) == 78  # 2490 examples, batch 32
+    assert glue_study.zstep_args(spec("rte")) == {"update_every": 19}  # 390 ADMM steps / 20
+    assert glue_study.zstep_args(spec("stsb")) == {}  # 900 ADMM steps: 45 Z-steps every 20
+    assert glue_study.zstep_args(spec("rte", "asp")) == {}  # no ADMM
+    assert glue_study.zstep_args(spec("rte", "nxm_paper")) == {}  # Z-step per epoch, as the paper's code
+
+
+def test_a_record_stays_current_on_another_machine_and_goes_stale_when_the_run_changes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "a", "../shared/data/glue", records_dir=tmp_path / "r")
+    elsewhere = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "b", "/data/glue", records_dir=tmp_path / "r")
+    assert glue_study.run_fingerprint(spec) == glue_study.run_fingerprint(elsewhere)
+    glue_study.write_record(spec.record_path, {"run_fingerprint": glue_study.run_fingerprint(spec)})
+    started: list[list[str]] = []
+    monkeypatch.setattr(
+        glue_study.subprocess, "run", lambda command, **kw: started.append(command) or argparse.Namespace(returncode=1)
+    )
+    assert glue_study.execute(elsewhere) is not None and started == []
+    spec.epochs = 3  # another budget under the same name: the record is stale, the run starts again (and fails here)
+    assert glue_study.execute(spec) is None and len(started) == 1
+    assert not spec.record_path.exists() and (spec.record_path.parent / "stale" / spec.record_path.name).exists()
+
+
+def test_the_edited_config_carries_the_run_and_the_dense_grid_stops_early(tmp_path: Path) -> None:
+    spec = RunSpec("dense", "stsb", 42, 10, 2e-4, tmp_path, "glue")
     spec.write_config()
-    callbacks = {c["class_path"]: c["init_args"] for c in yaml.safe_load(spec.config_path.read_text())["trainer"]["callbacks"]}
-    assert callbacks[glue_study.ADMM_CALLBACK]["rho"] == 0.5
-    assert callbacks["callbacks.HardPruneCallback"]["export_dir"] == str(tmp_path / "exports" / "nxm_tune_rho_0.5_stsb_s42")
-    assert spec.record_path.name == "nxm_tune_rho_0.5_stsb_s42.json"
+    config = yaml.safe_load(spec.config_path.read_text())
+    assert config["model"]["init_args"]["learning_rate"] == 2e-4 and config["trainer"]["max_epochs"] == 10
+    callbacks = {c["class_path"]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert callbacks["callbacks.SavePretrainedCallback"]["export_dir"] == str(spec.export_dir)
+    assert callbacks[glue_study.EARLY_STOPPING] == {"monitor": "val/score", "mode": "max", "patience": 3}
+    nxm = RunSpec("nxm", "rte", 42, 10, 1e-4, tmp_path, "glue", "paper",
+                  callback_args={glue_study.ADMM_CALLBACK: {"update_every": 19}})  # fmt: skip
+    nxm.write_config()
+    config = yaml.safe_load(nxm.config_path.read_text())
+    callbacks = {c["class_path"]: c["init_args"] for c in config["trainer"]["callbacks"]}
+    assert callbacks[glue_study.ADMM_CALLBACK]["update_every"] == 19 and glue_study.EARLY_STOPPING not in callbacks
+    assert "--data.train_subset_seed" not in nxm.command()
+    assert RunSpec("asp", "sst2", 42, 1, 1e-4, tmp_path, "glue", "short").command()[-4:] == [
+        "--data.max_train_samples", "8000", "--data.train_subset_seed", "0"
+    ]  # fmt: skip
 
 
-def record(method: str, task: str, seed: int, score: float, **extra: object) -> dict:
-    return {"method": method, "task": task, "seed": seed, "metrics": {"best_score": score}, **extra}
+def report_records(tmp_path: Path) -> list[dict]:
+    """A study finished on every task for seeds 42 and 43 of asp, asp_kd, nxm and nxm_kd (the paper budget)."""
+    study = Study(tmp_path / "work", "../shared/data/glue", seeds=(42, 43), budgets=("paper",), records_dir=tmp_path / "records")
+    records = []
+    for task in glue_study.TASKS:
+        records += [finish(study, s, v) for s, v in zip(study.dense_grid(task), (80.0, 82.0, 70.0))]
+    records += [finish(study, s, v) for s, v in zip(study.sweep("asp"), (78.0, 79.0, 60.0))]  # best: 5e-5
+    records += [finish(study, s, v) for s, v in zip(study.sweep("nxm"), (81.0, 75.0, 60.0))]  # best: 1e-4
+    scores = {("asp", 43): 77.0, ("asp_kd", 42): 80.0, ("asp_kd", 43): 79.0, ("nxm", 43): 80.0,
+              ("nxm_kd", 42): 81.5, ("nxm_kd", 43): 80.5, ("nxm_paper", 42): 70.0}  # fmt: skip
+    for item in study.runs():
+        if isinstance(item, RunSpec) and study.record(item) is None:
+            records.append(
+                finish(study, item, scores.get((item.method, item.seed), {"asp": 79.0, "nxm": 81.0}.get(item.method, 0.0)))
+            )
+    return records
 
 
-def test_table_averages_seeds_and_the_goals_compare_common_tasks() -> None:
-    records = [
-        *(record("asp", "rte", s, v) for s, v in ((42, 60.0), (43, 62.0), (44, 64.0))),
-        record("asp", "stsb", 42, 80.0),
-        record("nxm", "rte", 42, 63.5),  # nxm on rte only: its goal is taken on rte alone
-        record("dense", "rte", 42, 66.0),
-        record("nxm_kd", "rte", 42, 65.5),
+def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goals(tmp_path: Path) -> None:
+    records = report_records(tmp_path)
+    cells = study_report.study_cells(records, "paper")
+    assert cells[("dense", "rte")] == {42: 82.0}  # the grid's best
+    assert cells[("asp", "stsb")] == {42: 79.0, 43: 77.0}  # lr 5e-5: the sweep's 78.0 at 1e-4 is not a study run
+    assert cells[("nxm", "stsb")] == {42: 81.0, 43: 80.0}
+    assert cells[("asp", "rte")] == {42: 79.0, 43: 77.0}
+    paired = "\n".join(study_report.paired_lines(cells, "paper"))
+    assert "| nxm - asp | +2.5 ± 0.7 (n=2) |" in paired and "| nxm_kd - asp_kd | +1.5 ± 0.0 (n=2) |" in paired
+    assert study_report.goal_lines(cells) == [
+        "- nxm >= asp + 1.0 on the 4-task average: nxm 80.5 - asp 78.0 = +2.5: **met**.",
+        "- nxm_kd >= asp_kd + 0.5 on the 4-task average: nxm_kd 81.0 - asp_kd 79.5 = +1.5: **met**.",
+        "- nxm_kd >= dense - 1.0 on the 4-task average: nxm_kd 81.0 - dense 82.0 = -1.0: **met**.",
     ]
-    table = "\n".join(study_report.main_table(records))
-    assert "62.0 ± 2.0 (n=3)" in table and "| 80.0 |" in table
-    goals = study_report.goal_lines(records)
-    assert goals[0] == "- nxm at least 1.0 point above asp: nxm 63.5 - asp 62.0 = +1.5 on RTE: **met**."
-    assert goals[1] == "- nxm_kd within 1.0 point of dense: nxm_kd 65.5 - dense 66.0 = -0.5 on RTE: **met**."
-    records.append(record("nxm_kd", "rte", 43, 63.0))  # mean 64.25: 1.75 below dense
-    assert study_report.goal_lines(records)[1].endswith("**not met**.")
+    del cells[("nxm_kd", "cola")]
+    assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
 
 
 def test_report_rewrites_only_its_section(tmp_path: Path) -> None:
@@ -89,50 +167,8 @@ def test_report_rewrites_only_its_section(tmp_path: Path) -> None:
 
 def test_records_load_in_finishing_order(tmp_path: Path) -> None:
     for name, finished in (("b", "2026-01-02"), ("a", "2026-01-03"), ("c", "2026-01-01")):
-        (tmp_path / f"{name}.json").write_text(json.dumps(record("asp", "rte", 42, 1.0, finished_at=finished, name=name)))
+        (tmp_path / f"{name}.json").write_text(json.dumps({"name": name, "finished_at": finished}))
     assert [r["name"] for r in study_report.load_records(tmp_path)] == ["c", "b", "a"]
-
-
-def test_sweep_settings_come_from_the_resolved_config() -> None:
-    admm = {"rho": 0.02, "rho_factor": 1.5, "rho_max": 0.2, "penalty": "decoupled", "update_every": None, "end_fraction": 0.3}
-    config = {
-        "model": {"init_args": {"learning_rate": 2e-4, "warmup_ratio": 0.06}},
-        "trainer": {"callbacks": [{"class_path": "callbacks.NxMSparsifyCallback", "init_args": admm}]},
-    }
-    assert study_report.settings({"resolved_config": config}) == {
-        "lr": "0.0002", "warmup": "0.06", "penalty": "decoupled", "rho": "0.02 x1.5 per Z-step up to 0.2",
-        "Z-step every": "epoch", "ADMM until": "fraction 0.3",
-    }  # fmt: skip
-    config["trainer"]["callbacks"] = []
-    assert study_report.settings({"resolved_config": config})["penalty"].startswith("no ADMM")
-
-
-def test_admm_plot_prefers_the_main_study_run() -> None:
-    curves = {"curves": {"admm/primal_residual": [(20, 0.1)]}, "best_score": 1.0}
-    sweep = record("nxm", "stsb", 42, 1.0, tag="_tune_rho_0.1", metrics=curves)
-    main = record("nxm", "stsb", 42, 1.0, metrics=curves)
-    other_task = record("nxm", "rte", 42, 1.0, metrics=curves)
-    assert study_report.admm_record([sweep, other_task, main], "stsb") is main
-    assert study_report.admm_record([sweep, other_task], "cola") is other_task
-
-
-def test_a_record_is_reused_only_while_its_config_and_command_are_unchanged(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    spec = glue_study.RunSpec("nxm", "stsb", 42, 1, tmp_path, "glue", 128)
-    current = glue_study.run_fingerprint(spec.edited_config()[0], spec.command())
-    glue_study.write_record(spec.record_path, {"run_fingerprint": current, "metrics": {"best_score": 1.0}})
-    started: list[list[str]] = []
-    monkeypatch.setattr(
-        glue_study.subprocess, "run", lambda command, **kw: started.append(command) or argparse.Namespace(returncode=1)
-    )
-    assert glue_study.execute(spec, keep_checkpoints=False) == {"run_fingerprint": current, "metrics": {"best_score": 1.0}}
-    assert started == []
-    spec.epochs = 2  # the same run name with another budget: the record is stale
-    assert glue_study.execute(spec, keep_checkpoints=False) is None  # it ran again (and failed here)
-    assert len(started) == 1 and "2" in started[0]
-    assert not spec.record_path.exists()
-    assert json.loads((spec.record_path.parent / "stale" / spec.record_path.name).read_text())["run_fingerprint"] == current
 
 
 def write_events(run_dir: Path, scalars: dict[str, list[tuple[int, float]]]) -> None:
@@ -163,3 +199,23 @@ def test_main_job_record_reads_the_last_zstep_against_the_thresholds(
     record = {"label": "x", "task": "stsb", "metrics": glue_study.run_metrics(tmp_path), "convergence": summary, "wall_s": 600}
     row = main_job.summary_row(record)
     assert "**85.00**" in row and "84.30 -> 84.10 (+0.20)" in row and ("| yes |" in row) == converged
+
+
+def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
+    glue_study.write_record(spec.record_path, {"name": spec.name, "metrics": {"best_score": 60.0}})
+
+    real_run = glue_study.subprocess.run
+
+    def rerun(command: list[str], **kwargs: object) -> object:
+        if command[0] == "git":  # the record's environment
+            return real_run(command, **kwargs)
+        assert command == spec.command()
+        spec.export_dir.mkdir(parents=True)
+        write_events(spec.run_dir, {"val/score": [(78, 59.0), (156, 60.5)]})
+        return argparse.Namespace(returncode=0)
+
+    monkeypatch.setattr(glue_study.subprocess, "run", rerun)
+    assert glue_study.rebuild_export(spec)
+    record = json.loads(spec.record_path.read_text())
+    assert record["metrics"]["best_score"] == 60.0 and [r["best_score"] for r in record["rebuilds"]] == [60.5]
