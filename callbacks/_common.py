@@ -22,13 +22,13 @@ def optimizer_stepped(callback: object, trainer: pl.Trainer) -> bool:
 @contextmanager
 def restore_weights(targets: list[Target]) -> Iterator[None]:
     """Run the block, then put the targets' weights back as they were."""
-    saved = [t.module.weight.detach().clone() for t in targets]
+    saved = [t.weight.detach().clone() for t in targets]
     try:
         yield
     finally:
         with torch.no_grad():
             for t, weight in zip(targets, saved):
-                t.module.weight.copy_(weight)
+                t.weight.copy_(weight)
 
 
 @torch.no_grad()
@@ -36,8 +36,8 @@ def project_targets(targets: list[Target], masks: dict[str, torch.Tensor] | None
     """Cut every target to its N:M pattern, with the given masks or else by magnitude; returns the masks."""
     chosen = {}
     for t in targets:
-        mask = masks[t.name] if masks is not None else nxm_mask(t.module.weight, t.pattern.n, t.pattern.m)
-        t.module.weight.mul_(mask)
+        mask = masks[t.name] if masks is not None else nxm_mask(t.weight, t.pattern.n, t.pattern.m)
+        t.weight.mul_(mask)
         chosen[t.name] = mask
     return chosen
 

@@ -10,12 +10,15 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import optimizer_stepped, project_targets, refuse_sharded_strategy
+from callbacks._precision import refuse_fp16_weights
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from nxm_lightning.admm import check_layers_match
 from nxm_lightning.export import export_pretrained
+from nxm_lightning.model_card import card_facts
 from nxm_lightning.nxm import first_violation
+from nxm_lightning.precision import compute_dtype
 from nxm_lightning.sparse_linear import NxMLinear, check_backend_name, replace_module
-from nxm_lightning.targets import Target, TargetSpec
+from nxm_lightning.targets import Target, TargetSpec, as_linear
 
 
 class HardPruneCallback(Callback):
@@ -40,7 +43,8 @@ class HardPruneCallback(Callback):
         at_epoch / at_step: prune at the start of this epoch / before this optimizer step (at most one).
         backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparse_linear`).
         backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
-        export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json``).
+        export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json`` +
+            a README.md model card).
         score_at_prune: log ``prune/score_before`` and ``prune/score_after`` (the module's ``evaluate_score`` on the
             validation data just before and just after the cut) when the module has that method.
 
@@ -76,6 +80,8 @@ class HardPruneCallback(Callback):
         self.score_at_prune = score_at_prune
         self.targets: list[Target] = []
         self.masks: dict[str, torch.Tensor] = {}
+        # The validation score just before and after the cut, for the export's model card.
+        self.scores: dict[str, float] = {}
         self.follow_admm = False
         self._pending_state: dict[str, Any] | None = None
 
@@ -102,6 +108,7 @@ class HardPruneCallback(Callback):
             sparsify.add_end_listener(lambda tr, module, masks: self._prune(tr, module, "the end of the ADMM phase", masks))
         else:
             self.targets = self.spec.select(pl_module)
+        refuse_fp16_weights(trainer, self.targets, type(self).__name__)
         if self._pending_state is not None:
             self._load_masks(self._pending_state)
             self._pending_state = None
@@ -132,6 +139,7 @@ class HardPruneCallback(Callback):
         self.masks = project_targets(self.targets, masks)
         if loaders:
             metrics["prune/score_after"] = float(evaluate(loaders))
+            self.scores = {"before the cut": metrics["prune/score_before"], "after the cut": metrics["prune/score_after"]}
         metrics.update(self._sparsity_metrics())
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
@@ -149,9 +157,9 @@ class HardPruneCallback(Callback):
     def _sparsity_metrics(self) -> dict[str, float]:
         metrics, kept, total = {}, 0, 0
         for t in self.targets:
-            nonzeros = int((t.module.weight != 0).sum())
-            metrics[f"sparsity_layers/{t.name}"] = 1 - nonzeros / t.module.weight.numel()
-            kept, total = kept + nonzeros, total + t.module.weight.numel()
+            nonzeros = int((t.weight != 0).sum())
+            metrics[f"sparsity_layers/{t.name}"] = 1 - nonzeros / t.weight.numel()
+            kept, total = kept + nonzeros, total + t.weight.numel()
         metrics["sparsity/overall_density"] = kept / max(total, 1)
         metrics["sparsity/overall_sparsity"] = 1 - kept / max(total, 1)
         return metrics
@@ -159,7 +167,7 @@ class HardPruneCallback(Callback):
     @torch.no_grad()
     def _apply_masks(self) -> None:
         for t in self.targets:
-            t.module.weight.mul_(self.masks[t.name])
+            t.weight.mul_(self.masks[t.name])
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._seen_step = trainer.global_step
@@ -176,8 +184,9 @@ class HardPruneCallback(Callback):
         if not self.pruned:
             return
         for t in self.targets:
-            if t.module.weight.grad is not None:
-                t.module.weight.grad.mul_(self.masks[t.name])
+            grad = t.grad
+            if grad is not None:
+                grad.mul_(self.masks[t.name])
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
@@ -196,7 +205,7 @@ class HardPruneCallback(Callback):
                     trainer.save_checkpoint(checkpoint.last_model_path)
         if self.export_dir:
             self.export(pl_module, trainer)
-        self.route(pl_module)
+        self.route(pl_module, compute_dtype(trainer.precision))
 
     def export(self, pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> None:
         """Write the pruned model to ``export_dir`` (rank zero only): HF folder + tokenizer + sparsity.json."""
@@ -210,20 +219,29 @@ class HardPruneCallback(Callback):
                 f"export_dir needs pl_module.model to be a transformers PreTrainedModel; {type(pl_module).__name__} "
                 "has none. Unset export_dir, or save the weights yourself."
             )
-        patterns = {f"{t.name.removeprefix('model.')}.weight": t.pattern for t in self.targets}
+        keys = {t.name: f"{t.name.removeprefix('model.')}.weight" for t in self.targets}
+        patterns = {keys[t.name]: t.pattern for t in self.targets}
+        transposed = {keys[t.name] for t in self.targets if t.transposed}
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
-        path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir)
+        card = card_facts(hf_model, pl_module, self.scores)
+        path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir, transposed, card)
         rank_zero_info(f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.verify {path})")
 
-    def route(self, pl_module: pl.LightningModule) -> None:
-        """Replace each pruned nn.Linear with an NxMLinear served by ``backend``."""
+    def route(self, pl_module: pl.LightningModule, dtype: torch.dtype | None = None) -> None:
+        """Replace each pruned nn.Linear (or Conv1D) with an NxMLinear served by ``backend``.
+
+        Args:
+            pl_module: the module holding the pruned targets.
+            dtype: the dtype the model computes in (``compute_dtype(trainer.precision)``: bf16 under ``bf16-mixed``),
+                which ``semi_structured`` needs its weights in; None: the weights' own.
+        """
         chosen = set()
         for t in self.targets:
             current = pl_module.get_submodule(t.name)
             if isinstance(current, NxMLinear):
                 continue
-            sparse = NxMLinear.from_linear(current, t.pattern, self.backend, strict=self.backend_strict)
+            sparse = NxMLinear.from_linear(as_linear(current), t.pattern, self.backend, self.backend_strict, dtype)
             replace_module(pl_module, t.name, sparse)
             chosen.add(sparse.backend)
         if chosen:
@@ -236,7 +254,7 @@ class HardPruneCallback(Callback):
             return
         sparsify = self._sparsify_callback(trainer)
         targets = (sparsify.spec if sparsify is not None else self.spec).select(pl_module)
-        dense = [t.name for t in targets if first_violation(t.module.weight, t.pattern.n, t.pattern.m) is not None]
+        dense = [t.name for t in targets if first_violation(t.weight, t.pattern.n, t.pattern.m) is not None]
         if dense:
             rank_zero_warn(
                 f"HardPruneCallback: {len(dense)} targeted layers (e.g. {dense[0]!r}) are not N:M in the loaded "
@@ -244,7 +262,7 @@ class HardPruneCallback(Callback):
             )
             return
         self.targets = targets
-        self.route(pl_module)
+        self.route(pl_module, compute_dtype(trainer.precision))
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._route_if_pruned(trainer, pl_module)
@@ -264,10 +282,13 @@ class HardPruneCallback(Callback):
             "masks": {name: mask.cpu() for name, mask in self.masks.items()},
             "patterns": {t.name: str(t.pattern) for t in self.targets},
             "shapes": {t.name: list(t.shape) for t in self.targets},
+            "scores": dict(self.scores),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = state_dict or None
+        # Checkpoints from before the model card have no scores.
+        self.scores = dict((state_dict or {}).get("scores", {}))
 
 
 def _val_loaders(trainer: pl.Trainer) -> Any:

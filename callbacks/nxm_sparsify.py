@@ -19,6 +19,7 @@ from callbacks._common import (
     refuse_sharded_strategy,
     restore_weights,
 )
+from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from nxm_lightning.admm import PENALTY_MODES, ADMMState, PenaltyMode, Saliency, ZStepStats
 from nxm_lightning.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
 from nxm_lightning.targets import Target, TargetSpec, describe_targets
@@ -159,6 +160,7 @@ class NxMSparsifyCallback(Callback):
             return
         refuse_sharded_strategy(trainer, type(self).__name__)
         self.targets = self.spec.select(pl_module)
+        refuse_fp16_weights(trainer, self.targets, type(self).__name__)
         self.admm = ADMMState(self.targets, **self.admm_args)
         if self.eval_pruned and not callable(getattr(pl_module, "evaluate_score", None)):
             raise ValueError(
@@ -248,9 +250,11 @@ class NxMSparsifyCallback(Callback):
         if not self.active:
             return
         assert self.admm is not None
-        self.admm.accumulate_fisher()
+        # Under 16-mixed the gradients are unscaled here, except with a fused optimizer (see pending_grad_scale).
+        scale = pending_grad_scale(trainer, optimizer)
+        self.admm.accumulate_fisher(scale)
         if self.admm.penalty == "gradient":
-            self.admm.add_penalty_grad()
+            self.admm.add_penalty_grad(scale)
 
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int

@@ -8,10 +8,12 @@ from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
 from nxm_lightning.export import save_pretrained_atomic
+from nxm_lightning.model_card import CARD, card_facts, render_model_card
 
 
 class SavePretrainedCallback(Callback):
-    """Save ``pl_module.model`` (and the data module's tokenizer) with ``save_pretrained`` when fit ends.
+    """Save ``pl_module.model`` (and the data module's tokenizer) with ``save_pretrained`` when fit ends, with a
+    README.md model card (base model, task, labels, the saved weights' validation score, the command).
 
     The dense run's export is what ``configs/glue_asp.yaml`` prunes and ``configs/glue_kd.yaml`` uses as teacher.
 
@@ -44,5 +46,22 @@ class SavePretrainedCallback(Callback):
         if not trainer.is_global_zero:
             return
         tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        path = save_pretrained_atomic(model, tokenizer, self.export_dir)
+        card = render_model_card(card_facts(model, pl_module, self._scores(trainer, bool(best))))
+        path = save_pretrained_atomic(model, tokenizer, self.export_dir, extra_files={CARD: card})
         rank_zero_info(f"SavePretrainedCallback: saved {'the best checkpoint' if best else 'the final weights'} to {path}")
+
+    @staticmethod
+    def _scores(trainer: pl.Trainer, best: bool) -> dict[str, float]:
+        """The validation score of the weights saved, for the model card, when known.
+
+        The best checkpoint's score when it was chosen on ``val/score``; the last validation's when the final weights
+        are saved (or the "best" checkpoint is merely the latest, with no monitor); nothing for another monitor.
+        """
+        checkpoint = trainer.checkpoint_callback
+        monitor = getattr(checkpoint, "monitor", None)
+        if best and monitor == "val/score" and checkpoint.best_model_score is not None:
+            return {"best checkpoint": float(checkpoint.best_model_score)}
+        last = trainer.callback_metrics.get("val/score")
+        if last is None or (best and monitor is not None):
+            return {}
+        return {"last validation of the fit": float(last)}

@@ -11,6 +11,11 @@ Problem, per targeted weight W: minimise task_loss(W) + rho/2 ||W - Z + U||^2 su
   squared gradients (``saliency="fisher"``: the diagonal-Fisher estimate of the loss increase of zeroing an entry, so
   the task, not only the size, decides which weights stay).
 
+Precision: Z, U and F are kept in fp32 (or the weights' dtype when wider) whatever the weights' dtype, and every
+update reads W upcast, so the state is exact under ``bf16-mixed`` / ``16-mixed`` (fp32 weights, half-precision
+matmuls). Under ``16-mixed`` the gradients these methods read must be unscaled, or their scale passed as
+``grad_scale`` (see :meth:`ADMMState.add_penalty_grad`).
+
 Convergence is measured at every Z-step (:class:`ZStepStats`): the primal residual (how far W is from N:M), the mask
 flip rate, and how far the W-step went from where the last update left it towards its target Z - U.
 
@@ -34,6 +39,18 @@ Saliency = Literal["magnitude", "fisher"]
 SALIENCIES = ("magnitude", "fisher")
 # Running mean of the squared gradients for saliency="fisher": about the last 100 optimizer steps.
 FISHER_DECAY = 0.99
+
+
+def state_dtype(weight_dtype: torch.dtype) -> torch.dtype:
+    """The dtype of Z, U and F for a weight of ``weight_dtype``: fp32, or the weight's own when wider (fp64).
+
+    Fp32 because U integrates small violations over the whole phase and F averages squared gradients down to 1e-12:
+    in bf16 (8 bits of mantissa) both would lose most of what they add.
+
+    Args:
+        weight_dtype: the targeted weight's dtype.
+    """
+    return torch.promote_types(weight_dtype, torch.float32)
 
 
 @dataclass
@@ -112,23 +129,35 @@ class ADMMState:
     def initialize(self) -> None:
         """Z = Proj(W), U = 0: the start of the ADMM phase."""
         for t in self.targets:
-            w = t.module.weight
+            w = t.weight.detach().to(state_dtype(t.weight.dtype))
             self.mask[t.name] = nxm_mask(w, t.pattern.n, t.pattern.m)
-            self.z[t.name] = w.detach() * self.mask[t.name]
-            self.u[t.name] = torch.zeros_like(w, memory_format=torch.contiguous_format).detach()
+            self.z[t.name] = w * self.mask[t.name]
+            self.u[t.name] = torch.zeros_like(w, memory_format=torch.contiguous_format)
             if self.saliency == "fisher":
                 self.fisher[t.name] = torch.zeros_like(self.u[t.name])
         self.gap_after_update = self._gap()
 
     @torch.no_grad()
-    def accumulate_fisher(self) -> None:
-        """F = d F + (1 - d) grad^2 for ``saliency="fisher"``: call with the (unscaled) gradients of each step."""
+    def accumulate_fisher(self, grad_scale: float = 1.0) -> bool:
+        """F = d F + (1 - d) grad^2 for ``saliency="fisher"``, once per optimizer step; returns whether F was updated.
+
+        A step whose gradients hold a NaN or Inf is left out: under ``16-mixed`` the gradient scaler skips exactly
+        those steps (its scale was too large), and one Inf would otherwise stay in F for good. A real divergence is
+        caught on the weights (:meth:`non_finite_layer`).
+
+        Args:
+            grad_scale: the factor the gradients still carry (the gradient scaler's scale when the optimizer unscales
+                inside its own step; 1 when they are unscaled).
+        """
         if self.saliency != "fisher":
-            return
-        for t in self.targets:
-            grad = t.module.weight.grad
-            if grad is not None:
-                self.fisher[t.name].mul_(FISHER_DECAY).addcmul_(grad, grad, value=1 - FISHER_DECAY)
+            return False
+        grads = {t.name: t.grad for t in self.targets if t.grad is not None}
+        if grads and not bool(torch.stack([torch.isfinite(grad).all() for grad in grads.values()]).all()):  # one sync
+            return False
+        for name, grad in grads.items():
+            grad = grad.to(self.fisher[name].dtype) / grad_scale
+            self.fisher[name].mul_(FISHER_DECAY).addcmul_(grad, grad, value=1 - FISHER_DECAY)
+        return True
 
     def _score(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """What the N:M projection ranks: ``|value|``, or ``F value^2`` (+ a tie-break by magnitude) for fisher."""
@@ -143,29 +172,35 @@ class ADMMState:
     @torch.no_grad()
     def cut_masks(self) -> dict[str, torch.Tensor]:
         """The N:M masks of the current W under this state's saliency: what a hard prune at this moment keeps."""
-        return {t.name: nxm_mask(self._score(t.name, t.module.weight.detach().float()), t.pattern.n, t.pattern.m)
+        return {t.name: nxm_mask(self._score(t.name, t.weight.detach().float()), t.pattern.n, t.pattern.m)
                 for t in self.targets}  # fmt: skip
 
     @torch.no_grad()
     def _gap(self) -> float:
         """||W - Z + U|| over all targets."""
-        return math.sqrt(sum(float(torch.linalg.vector_norm(self._violation(t, t.module.weight).float())) ** 2
+        return math.sqrt(sum(float(torch.linalg.vector_norm(self._violation(t, t.weight).float())) ** 2
                              for t in self.targets))  # fmt: skip
 
     @torch.no_grad()
-    def add_penalty_grad(self) -> None:
-        """W.grad += rho (W - Z + U) (``penalty="gradient"``): the gradient of rho/2 ||W - Z + U||^2."""
+    def add_penalty_grad(self, grad_scale: float = 1.0) -> None:
+        """W.grad += rho (W - Z + U) (``penalty="gradient"``): the gradient of rho/2 ||W - Z + U||^2.
+
+        Args:
+            grad_scale: the factor the gradients still carry (the gradient scaler's scale when the optimizer unscales
+                inside its own step; 1 when they are unscaled): the penalty is scaled alike, so that it comes out of
+                the unscaling at its true size.
+        """
         for t in self.targets:
-            w = t.module.weight
-            if w.grad is None:
+            grad = t.grad
+            if grad is None:
                 continue
-            w.grad.add_(self._violation(t, w), alpha=self.rho)
+            grad.add_(self._violation(t, t.weight), alpha=self.rho * grad_scale)
 
     @torch.no_grad()
     def apply_decoupled_pull(self) -> None:
         """W -= rho (W - Z + U) (``penalty="decoupled"``): a step of the penalty taken outside the optimizer."""
         for t in self.targets:
-            w = t.module.weight
+            w = t.weight
             w.sub_(self._violation(t, w), alpha=self.rho)
 
     def _violation(self, t: Target, w: torch.Tensor) -> torch.Tensor:
@@ -177,7 +212,7 @@ class ADMMState:
 
     def penalty_value(self) -> torch.Tensor:
         """rho/2 sum ||W - Z + U||^2 as a differentiable scalar: the reference implementation adds this to the loss."""
-        total = sum((t.module.weight - self.z[t.name] + self.u[t.name]).pow(2).sum() for t in self.targets)
+        total = sum((t.weight - self.z[t.name] + self.u[t.name]).pow(2).sum() for t in self.targets)
         return 0.5 * self.rho * total  # type: ignore[return-value]
 
     @torch.no_grad()
@@ -187,7 +222,7 @@ class ADMMState:
         flips = total = 0
         per_layer: dict[str, float] = {}
         for t in self.targets:
-            w = t.module.weight.detach().to(self.z[t.name].dtype)
+            w = t.weight.detach().to(self.z[t.name].dtype)
             z_prev = self.z[t.name]
             z = w + self.u[t.name]
             gap_before_sq += float(torch.linalg.vector_norm(z - z_prev)) ** 2  # ||W - Z + U|| before the update
@@ -231,7 +266,7 @@ class ADMMState:
     def non_finite_layer(self) -> str | None:
         """Name of the first layer whose W, Z or U holds a NaN or Inf, else None."""
         for t in self.targets:
-            for tensor in (t.module.weight, self.z.get(t.name), self.u.get(t.name)):
+            for tensor in (t.weight, self.z.get(t.name), self.u.get(t.name)):
                 if tensor is not None and not bool(torch.isfinite(tensor).all()):
                     return t.name
         return None

@@ -6,6 +6,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
+from lightning.pytorch.plugins.precision import Precision
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
@@ -137,8 +138,12 @@ class SequenceClassificationModule(pl.LightningModule):
         """The GLUE score (points) on ``dataloaders`` with fresh metrics, outside Lightning's loops (no logging).
 
         The callbacks use it to score the model just before and after a prune, and with temporarily projected weights.
+        Attached to a trainer, it runs in the trainer's precision (autocast under ``bf16-mixed``), as validation does,
+        so that its scores compare with ``val/score``.
         """
         loaders = dataloaders if isinstance(dataloaders, (list, tuple)) else [dataloaders]
+        # Outside Lightning's loops nothing applies the precision plugin: do what the evaluation loop does.
+        plugin = self._trainer.precision_plugin if self._trainer is not None else Precision()
         was_training = self.training
         self.eval()
         values: dict[str, float] = {}
@@ -146,7 +151,10 @@ class SequenceClassificationModule(pl.LightningModule):
             metrics = glue_metrics(self.task).to(self.device)
             for batch in loader:
                 batch = {k: v.to(self.device) for k, v in batch.items()}
-                metrics.update(self.predictions(self(**self._model_inputs(batch)).logits), batch["labels"])
+                batch = plugin.convert_input(batch)
+                with plugin.forward_context():
+                    logits = self(**self._model_inputs(batch)).logits
+                metrics.update(self.predictions(logits), batch["labels"])
             values.update({f"{name}{suffix}": float(value) for name, value in metrics.compute().items()})
         self.train(was_training)
         return glue_score(values)

@@ -6,6 +6,8 @@ Backends:
   so 2:4 in fp32 takes 0.53x the dense bytes; expanded to dense on the fly for the matmul.
 - ``semi_structured``: ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt, else CUTLASS) on CUDA GPUs with
   sparse tensor cores (compute capability 8.x and newer), 2:4 only, fp16/bf16/int8 weights, PyTorch's shape limits.
+  The weight is stored in the *compute dtype* (:func:`nxm_lightning.precision.compute_dtype` of the trainer's
+  precision): under ``bf16-mixed`` an fp32 weight is served in bf16, as autocast would run the dense matmul.
 - ``auto``: ``semi_structured`` where :func:`select_backend` finds it usable, else ``masked``.
 An unavailable backend falls back to ``masked`` with a warning naming the reason (an error when ``strict``).
 """
@@ -33,12 +35,19 @@ def check_backend_name(name: str) -> None:
 
 
 def semi_structured_unavailable_reason(
-    weight: torch.Tensor, pattern: NxMPattern, cuda_capability: tuple[int, int] | None = None
-) -> str | None:
+    weight: torch.Tensor, pattern: NxMPattern, cuda_capability: tuple[int, int] | None = None,
+    compute_dtype: torch.dtype | None = None,
+) -> str | None:  # fmt: skip
     """Why ``to_sparse_semi_structured`` cannot serve this weight, or None when it can.
 
-    ``cuda_capability`` defaults to the weight's GPU; tests pass it to exercise the decision without a GPU.
+    Args:
+        weight: the pruned weight, ``[out, in]``.
+        pattern: its N:M pattern.
+        cuda_capability: default: the weight's GPU's; tests pass it to exercise the decision without a GPU.
+        compute_dtype: the dtype the layer computes in (``bf16`` under ``bf16-mixed``), which the sparse weight is
+            stored in; default: the weight's own dtype.
     """
+    dtype = compute_dtype or weight.dtype
     if (pattern.n, pattern.m) != (2, 4):
         return f"sparse tensor cores run only 2:4, not {pattern}"
     if not weight.is_cuda and cuda_capability is None:
@@ -46,11 +55,14 @@ def semi_structured_unavailable_reason(
     capability = cuda_capability or torch.cuda.get_device_capability(weight.device)
     if capability < (8, 0):
         return f"GPU compute capability {capability[0]}.{capability[1]} < 8.0 has no sparse tensor cores"
-    if weight.dtype not in SEMI_STRUCTURED_DTYPES:
-        return f"dtype {weight.dtype} is not one of fp16/bf16/int8 (train or cast with precision 16/bf16)"
-    constraints = _semi_structured_class()._DTYPE_SHAPE_CONSTRAINTS.get(weight.dtype)
+    if dtype not in SEMI_STRUCTURED_DTYPES:
+        return (
+            f"dtype {dtype} is not one of fp16/bf16/int8 (train with precision bf16-mixed or 16-mixed, whose matmuls "
+            "run in bf16/fp16, or cast the model)"
+        )
+    constraints = _semi_structured_class()._DTYPE_SHAPE_CONSTRAINTS.get(dtype)
     if constraints is None:
-        return f"this PyTorch's semi-structured backend does not take {weight.dtype}"
+        return f"this PyTorch's semi-structured backend does not take {dtype}"
     rows, cols = weight.shape
     min_rows, min_cols = constraints.sparse_min_rows, constraints.sparse_min_cols
     if rows < min_rows or rows % min_rows or cols < min_cols or cols % min_cols:
@@ -68,13 +80,19 @@ def _semi_structured_class() -> type:
 
 def select_backend(
     requested: str, weight: torch.Tensor, pattern: NxMPattern, strict: bool = False,
-    cuda_capability: tuple[int, int] | None = None,
+    cuda_capability: tuple[int, int] | None = None, compute_dtype: torch.dtype | None = None,
 ) -> str:  # fmt: skip
-    """The backend that will serve ``weight``: ``requested`` when usable, else ``masked`` (warning, or error if strict)."""
+    """The backend that will serve ``weight``: ``requested`` when usable, else ``masked`` (warning, or error if strict).
+
+    Args:
+        requested: one of :data:`BACKENDS`.
+        weight / pattern / cuda_capability / compute_dtype: as in :func:`semi_structured_unavailable_reason`.
+        strict: an unusable ``semi_structured`` is a RuntimeError instead of a warning and ``masked``.
+    """
     check_backend_name(requested)
     if requested in ("masked", "packed"):
         return requested
-    reason = semi_structured_unavailable_reason(weight, pattern, cuda_capability)
+    reason = semi_structured_unavailable_reason(weight, pattern, cuda_capability, compute_dtype)
     if reason is None:
         return "semi_structured"
     if requested == "auto":
@@ -128,7 +146,7 @@ class NxMLinear(nn.Module):
     """A Linear layer whose weight is N:M sparse, computed by one of :data:`BACKENDS`.
 
     Build it from a pruned ``nn.Linear`` with :meth:`from_linear`; :meth:`dense_weight` gives the weight back with
-    exact zeros whatever the backend (for export and verification).
+    exact zeros whatever the backend (for export and verification; ``semi_structured`` holds it in the compute dtype).
     """
 
     def __init__(self, in_features: int, out_features: int, pattern: NxMPattern, backend: str) -> None:
@@ -138,11 +156,26 @@ class NxMLinear(nn.Module):
         self.backend = backend
 
     @classmethod
-    def from_linear(cls, linear: nn.Linear, pattern: NxMPattern, backend: str = "auto", strict: bool = False) -> NxMLinear:
+    def from_linear(
+        cls, linear: nn.Linear, pattern: NxMPattern, backend: str = "auto", strict: bool = False,
+        compute_dtype: torch.dtype | None = None,
+    ) -> NxMLinear:  # fmt: skip
+        """Serve a pruned ``linear``.
+
+        Args:
+            linear: the pruned layer (its weight must be ``pattern``-sparse).
+            pattern: the N:M pattern.
+            backend / strict: as in :func:`select_backend`.
+            compute_dtype: the dtype the model computes in (:func:`nxm_lightning.precision.compute_dtype`);
+                ``semi_structured`` stores weight and bias in it, the other backends keep the weight's own dtype.
+        """
         weight = linear.weight.detach()
-        chosen = select_backend(backend, weight, pattern, strict=strict)
+        chosen = select_backend(backend, weight, pattern, strict=strict, compute_dtype=compute_dtype)
         module = cls(linear.in_features, linear.out_features, pattern, chosen)
         module.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        if chosen == "semi_structured" and compute_dtype is not None:
+            weight = weight.to(compute_dtype)
+            module.bias = None if module.bias is None else nn.Parameter(module.bias.to(compute_dtype), requires_grad=False)
         if chosen == "packed":
             values, positions = pack_nxm(weight, pattern)
             module.register_buffer("values", values)
@@ -165,7 +198,14 @@ class NxMLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "semi_structured":
-            return F.linear(x, self.weight, self.bias)
+            weight = self.weight
+            if x.dtype == weight.dtype or not (x.is_floating_point() and weight.is_floating_point()):
+                return F.linear(x, weight, self.bias)  # same dtype, or int8 (the caller quantized its input)
+            # An fp32 input (LayerNorm's output even under autocast) for a bf16/fp16 weight: the sparse kernels take
+            # only their own dtype. As from nn.Linear, the output is in the autocast dtype under autocast, else in the
+            # input's dtype (an fp32 model around bf16 sparse layers keeps working).
+            out = F.linear(x.to(weight.dtype), weight, self.bias)
+            return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
         return F.linear(x, self.dense_weight().to(x.dtype), self.bias)
 
     def extra_repr(self) -> str:

@@ -1,7 +1,8 @@
-"""Check N:M compliance of an exported model folder: ``python -m nxm_lightning.verify DIR``.
+"""Check N:M compliance of an exported model folder or ONNX file: ``python -m nxm_lightning.verify DIR_OR_ONNX``.
 
-Exit status 0: every layer listed in ``sparsity.json`` satisfies its pattern; 1: a violation (the layer and its first
-bad group are printed); 2: the folder is not an nxm-lightning export.
+Exit status 0: every layer listed in ``sparsity.json`` (or, for an ``.onnx`` file, in the sparsity record that
+:mod:`nxm_lightning.onnx_export` embeds) satisfies its pattern; 1: a violation (the layer and its first bad group are
+printed); 2: the path is not an nxm-lightning export.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from nxm_lightning.export import MANIFEST, describe_violation
+from nxm_lightning.export import MANIFEST, as_out_in, describe_violation
 from nxm_lightning.nxm import NxMPattern, first_violation
 
 
@@ -36,10 +37,17 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
 
 
 def verify(directory: str | Path) -> list[str]:
-    """The violations found (empty when compliant); raises VerifyError when the folder cannot be checked."""
+    """The violations found (empty when compliant); raises VerifyError when the folder (or .onnx file) cannot be checked."""
     directory = Path(directory)
+    if directory.suffix == ".onnx" and directory.is_file():
+        from nxm_lightning.onnx_export import verify_onnx  # onnx is an optional extra
+
+        return verify_onnx(directory)
     if not directory.is_dir():
-        raise VerifyError(f"{directory} is not a directory. Pass the export_dir written by HardPruneCallback.")
+        raise VerifyError(
+            f"{directory} is not a directory nor an .onnx file. Pass the export_dir written by HardPruneCallback or "
+            "an ONNX file written by python -m nxm_lightning.onnx_export."
+        )
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise VerifyError(f"{manifest_path} not found: this folder was not exported by nxm-lightning (no manifest).")
@@ -48,21 +56,33 @@ def verify(directory: str | Path) -> list[str]:
     except (json.JSONDecodeError, KeyError) as err:
         raise VerifyError(f"{manifest_path} is not a valid manifest ({err}).") from None
     weights = load_weights(directory)
+    missing = [f"layer {name!r} is listed in {MANIFEST} but missing from the weights" for name in layers if name not in weights]
+    return missing + layer_violations(layers, weights)
+
+
+def layer_violations(layers: dict[str, dict], weights: dict[str, torch.Tensor]) -> list[str]:
+    """The violations of ``weights`` against manifest entries ``{name: {"pattern", "layout"}}`` (names present only).
+
+    ``layout`` is ``out_in`` (the default, for manifests written before it existed) or ``in_out`` (stored transposed).
+    """
     problems = []
     for name, entry in layers.items():
         if name not in weights:
-            problems.append(f"layer {name!r} is listed in {MANIFEST} but missing from the weights")
             continue
         pattern = NxMPattern.parse(entry["pattern"])
-        violation = first_violation(weights[name], pattern.n, pattern.m)
+        layout = entry.get("layout", "out_in")
+        violation = first_violation(as_out_in(weights[name], layout), pattern.n, pattern.m)
         if violation is not None:
-            problems.append(describe_violation(name, pattern, violation))
+            problems.append(describe_violation(name, pattern, violation, layout))
     return problems
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m nxm_lightning.verify", description=__doc__.splitlines()[0])
-    parser.add_argument("directory", help="an export folder holding sparsity.json and the weights")
+    parser.add_argument(
+        "directory",
+        help="an export folder holding sparsity.json and the weights, or an .onnx file from nxm_lightning.onnx_export",
+    )
     args = parser.parse_args(argv)
     try:
         problems = verify(args.directory)
@@ -73,7 +93,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in problems:
             print(f"VIOLATION: {problem}", file=sys.stderr)
         return 1
-    print(f"OK: every layer in {Path(args.directory) / MANIFEST} satisfies its N:M pattern.")
+    where = args.directory if args.directory.endswith(".onnx") else Path(args.directory) / MANIFEST
+    print(f"OK: every layer in {where} satisfies its N:M pattern.")
     return 0
 
 

@@ -1,0 +1,113 @@
+"""The README.md model card of every export folder: front matter and sections, from facts and from real runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from conftest import text_loader, toy_trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+from callbacks import HardPruneCallback, SavePretrainedCallback
+from nxm_lightning.model_card import CardFacts, card_facts, layer_kinds, library_version, pipeline_tag, render_model_card
+from nxm_lightning.module import SequenceClassificationModule
+
+
+def front_matter(card: str) -> dict:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def manifest() -> dict:
+    def entry(pattern: str, nonzeros: int) -> dict:
+        return {"pattern": pattern, "layout": "out_in", "shape": [8, 8], "nonzeros": nonzeros, "numel": 64}
+
+    layers = {f"bert.encoder.layer.{i}.attention.self.query.weight": entry("2:4", 32) for i in range(2)}
+    layers |= {f"bert.encoder.layer.{i}.intermediate.dense.weight": entry("1:4", 16) for i in range(2)}
+    return {"layers": layers, "overall_density": 96 / 256}
+
+
+FACTS = CardFacts(
+    architecture="BertForSequenceClassification", base_model="sentence-transformers/all-MiniLM-L6-v2",
+    task="GLUE STS-B (stsb)", labels=("score",), score_name="dev score (points: mean of pearson, spearmanr)",
+    scores={"before the cut": 85.9, "after the cut": 85.78}, command="python cli.py fit --config configs/glue.yaml",
+    library_version="0.1.0",
+)  # fmt: skip
+
+
+def test_card_fields() -> None:
+    card = render_model_card(FACTS, manifest())
+    meta = front_matter(card)
+    assert meta["base_model"] == "sentence-transformers/all-MiniLM-L6-v2"
+    assert meta["library_name"] == "transformers" and meta["pipeline_tag"] == "text-classification"
+    assert {"nxm-lightning", "sparse", "1:4-sparsity", "2:4-sparsity"} <= set(meta["tags"])
+    assert "- **Task:** GLUE STS-B (stsb)" in card and "- **Labels:** 0: `score`" in card
+    assert "| `bert.encoder.layer.*.attention.self.query` | 2:4 | 2 | 0.5000 |" in card
+    assert "| `bert.encoder.layer.*.intermediate.dense` | 1:4 | 2 | 0.2500 |" in card
+    assert "Overall density of the N:M layers: 0.3750" in card
+    assert "| when | dev score (points: mean of pearson, spearmanr) |" in card
+    assert "| before the cut | 85.90 |" in card and "| after the cut | 85.78 |" in card
+    assert "```bash\npython cli.py fit --config configs/glue.yaml\n```" in card
+    assert "nxm-lightning 0.1.0" in card
+
+
+def test_local_base_dense_model_and_unknown_head(tmp_path: Path) -> None:
+    facts = CardFacts(architecture="BertModel", base_model=str(tmp_path), scores={})
+    card = render_model_card(facts, None)
+    meta = front_matter(card)
+    assert "base_model" not in meta  # the Hub wants a model id there, not a local folder
+    assert f"- **Base model:** `{tmp_path}`" in card
+    assert "pipeline_tag" not in meta and meta["tags"] == ["nxm-lightning"]
+    assert "Dense: no N:M sparsity" in card and "Not measured" in card
+
+
+@pytest.mark.parametrize(
+    ("architecture", "tag"),
+    [("LlamaForCausalLM", "text-generation"), ("GPT2LMHeadModel", "text-generation"), ("BertForMaskedLM", "fill-mask"),
+     ("GPT2ForSequenceClassification", "text-classification"), ("BertModel", None)],
+)  # fmt: skip
+def test_pipeline_tag(architecture: str, tag: str | None) -> None:
+    assert pipeline_tag(architecture) == tag
+
+
+def test_layer_kinds_merge_indices_across_layer_groups() -> None:
+    entry = {"pattern": "2:4", "nonzeros": 4, "numel": 8}
+    albert = {"albert.encoder.albert_layer_groups.0.albert_layers.0.ffn.weight": entry}
+    assert layer_kinds({"layers": albert}) == [("albert.encoder.albert_layer_groups.*.albert_layers.*.ffn", "2:4", 1, 0.5)]
+
+
+def test_facts_from_the_lightning_module(tiny_bert: Path) -> None:
+    module = SequenceClassificationModule(str(tiny_bert), "stsb")
+    facts = card_facts(module.model, module, {"after the cut": 1.0}, command="python x.py")
+    assert facts.base_model == str(tiny_bert) and facts.task == "GLUE STS-B (stsb)" and facts.labels == ("score",)
+    assert facts.architecture == "BertForSequenceClassification" and "pearson" in facts.score_name
+    assert facts.command == "python x.py" and facts.library_version == library_version()
+
+
+def test_hard_prune_export_card_has_the_scores_around_the_cut(tiny_bert: Path, tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    module = SequenceClassificationModule(str(tiny_bert), "stsb", learning_rate=1e-3)
+    prune = HardPruneCallback(at_step=2, backend="masked", export_dir=str(tmp_path / "export"))
+    toy_trainer(tmp_path, [prune], max_steps=4, enable_checkpointing=False).fit(
+        module, text_loader(tiny_bert), text_loader(tiny_bert)
+    )
+    card = (tmp_path / "export" / "README.md").read_text()
+    assert set(prune.scores) == {"before the cut", "after the cut"}
+    for when, value in prune.scores.items():
+        assert f"| {when} | {value:.2f} |" in card
+    assert "base_model" not in front_matter(card)  # a local folder, not a Hub id
+    assert f"- **Base model:** `{tiny_bert}`" in card and "| 2:4 | 2 | 0.5000 |" in card
+    assert (tmp_path / "export" / "sparsity.json").is_file()  # still the machine-readable record
+    assert prune.state_dict()["scores"] == prune.scores  # a resumed run still knows them
+
+
+def test_save_pretrained_card_has_the_best_checkpoint_score(tiny_bert: Path, tmp_path: Path) -> None:
+    module = SequenceClassificationModule(str(tiny_bert), "stsb", learning_rate=1e-3)
+    checkpoint = ModelCheckpoint(tmp_path / "ckpt", monitor="val/score", mode="max")
+    save = SavePretrainedCallback(str(tmp_path / "dense"))
+    toy_trainer(tmp_path, [checkpoint, save], max_epochs=2).fit(module, text_loader(tiny_bert), text_loader(tiny_bert))
+    card = (tmp_path / "dense" / "README.md").read_text()
+    assert f"| best checkpoint | {float(checkpoint.best_model_score):.2f} |" in card
+    assert "Dense: no N:M sparsity" in card and front_matter(card)["pipeline_tag"] == "text-classification"
