@@ -6,37 +6,14 @@ import os
 import sys
 from pathlib import Path
 
-import lightning.pytorch as pl
-from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
+from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
 from callbacks.rng_state import RNGStateCallback
-from nxm_lightning.data import GLUEDataModule
-from nxm_lightning.module import SequenceClassificationModule
+from nxm_lightning.tasks.data import GLUEDataModule
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-
-
-class BestAndLastCheckpoint(ModelCheckpoint):
-    """ModelCheckpoint whose ``last.ckpt`` follows every epoch, as resuming needs.
-
-    Lightning 2.6 refreshes ``last.ckpt`` only at a step where a top-k checkpoint was saved, so with ``save_top_k: 1``
-    a run whose final epochs do not improve ``val/score`` would leave ``last.ckpt`` pointing at an old epoch.
-    """
-
-    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_validation_end(trainer, pl_module)
-        if not self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        super().on_train_epoch_end(trainer, pl_module)
-        if self._should_save_on_train_epoch_end(trainer):
-            self._refresh_last(trainer)
-
-    def _refresh_last(self, trainer: pl.Trainer) -> None:
-        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
-            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
 
 class NxMLightningCLI(LightningCLI):

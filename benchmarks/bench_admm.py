@@ -40,11 +40,11 @@ from typing import Any
 import torch
 from torch import nn
 
-import nxm_lightning.admm as admm_module
+import nxm_lightning.sparsity.admm as admm_module
 from benchmarks._results import finish_results, start_results
-from nxm_lightning.admm import ADMMState
-from nxm_lightning.nxm import nxm_mask
-from nxm_lightning.targets import Target, select_targets
+from nxm_lightning.sparsity.admm import ADMMState
+from nxm_lightning.sparsity.nxm import nxm_mask
+from nxm_lightning.sparsity.targets import Target, select_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -56,7 +56,7 @@ VARIANTS = ("plain", "gradient", "decoupled", "autograd")
 def load_minilm() -> nn.Module:
     from transformers import AutoModelForSequenceClassification
 
-    from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
+    from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
     return AutoModelForSequenceClassification.from_pretrained(resolve_model_name(DEFAULT_MODEL), num_labels=1)
 
@@ -194,7 +194,7 @@ def topk_mask(weight: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def bert_base_targets(seed: int = 0) -> list[Target]:
     """72 Linear layers shaped like BERT-base's encoder (85M weights), initialised like a trained model's scale."""
-    from nxm_lightning.nxm import NxMPattern
+    from nxm_lightning.sparsity.nxm import NxMPattern
 
     torch.manual_seed(seed)
     shapes = [(768, 768)] * 4 + [(3072, 768), (768, 3072)]

@@ -33,9 +33,9 @@ import torch
 from torch import nn
 
 from benchmarks._results import finish_results, start_results
-from nxm_lightning.nxm import nxm_project
-from nxm_lightning.sparse_linear import NxMLinear, replace_module
-from nxm_lightning.targets import select_targets
+from nxm_lightning.sparsity.nxm import nxm_project
+from nxm_lightning.sparsity.sparse_linear import NxMLinear, replace_module
+from nxm_lightning.sparsity.targets import select_targets
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -48,7 +48,7 @@ def load_pruned_minilm() -> tuple[nn.Module, list[str]]:
     """MiniLM-L6 (eval mode) with its encoder Linear weights projected to 2:4; also the pruned layers' names."""
     from transformers import AutoModelForSequenceClassification
 
-    from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
+    from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
     model = AutoModelForSequenceClassification.from_pretrained(resolve_model_name(DEFAULT_MODEL), num_labels=1)
     model.eval()
@@ -63,7 +63,7 @@ def with_backend(model: nn.Module, names: list[str], backend: str) -> nn.Module:
     """A copy of ``model`` whose pruned layers are ``NxMLinear(backend)``; ``dense`` keeps the plain nn.Linear."""
     copied = copy.deepcopy(model)
     if backend != "dense":
-        from nxm_lightning.nxm import NxMPattern
+        from nxm_lightning.sparsity.nxm import NxMPattern
 
         for name in names:
             replace_module(copied, name, NxMLinear.from_linear(copied.get_submodule(name), NxMPattern(2, 4), backend))

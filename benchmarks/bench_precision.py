@@ -49,9 +49,9 @@ from transformers import DataCollatorWithPadding
 
 from benchmarks._results import finish_results, start_results
 from benchmarks.bench_admm import median, now, since
-from nxm_lightning.data import GLUEDataModule
-from nxm_lightning.module import SequenceClassificationModule
-from nxm_lightning.precision import FAST_BF16_CPU_FLAGS, cpu_flags, has_fast_bf16_cpu, recommended_precision
+from nxm_lightning.sparsity.precision import FAST_BF16_CPU_FLAGS, cpu_flags, has_fast_bf16_cpu, recommended_precision
+from nxm_lightning.tasks.data import GLUEDataModule
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"

@@ -522,7 +522,7 @@ def zstep_args(spec: RunSpec) -> dict[str, Any]:
 
 def steps_per_epoch(spec: RunSpec) -> int:
     """Optimizer steps of one training epoch of ``spec``'s task (from the training file's line count)."""
-    from nxm_lightning.glue import get_task
+    from nxm_lightning.tasks.glue import get_task
 
     config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[spec.method]).read_text())
     task = get_task(spec.task)

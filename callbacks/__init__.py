@@ -1,8 +1,9 @@
 """Lightning callbacks of nxm-lightning: ADMM sparsification and the hard prune that follows it."""
 
+from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
 from callbacks.hard_prune import HardPruneCallback
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from callbacks.rng_state import RNGStateCallback
 from callbacks.save_pretrained import SavePretrainedCallback
 
-__all__ = ["HardPruneCallback", "NxMSparsifyCallback", "RNGStateCallback", "SavePretrainedCallback"]
+__all__ = ["BestAndLastCheckpoint", "HardPruneCallback", "NxMSparsifyCallback", "RNGStateCallback", "SavePretrainedCallback"]

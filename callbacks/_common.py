@@ -8,8 +8,8 @@ from contextlib import contextmanager
 import lightning.pytorch as pl
 import torch
 
-from nxm_lightning.nxm import nxm_mask
-from nxm_lightning.targets import Target
+from nxm_lightning.sparsity.nxm import nxm_mask
+from nxm_lightning.sparsity.targets import Target
 
 
 def optimizer_stepped(callback: object, trainer: pl.Trainer) -> bool:

@@ -7,7 +7,7 @@ from typing import Any
 
 import lightning.pytorch as pl
 
-from nxm_lightning.targets import Target
+from nxm_lightning.sparsity.targets import Target
 
 
 def pending_grad_scale(trainer: pl.Trainer, optimizer: Any) -> float:

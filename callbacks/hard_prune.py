@@ -11,14 +11,15 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import optimizer_stepped, project_targets, refuse_sharded_strategy
 from callbacks._precision import refuse_fp16_weights
+from callbacks.best_and_last_checkpoint import forget_best_checkpoints
 from callbacks.nxm_sparsify import NxMSparsifyCallback
-from nxm_lightning.admm import check_layers_match
-from nxm_lightning.export import export_pretrained
-from nxm_lightning.model_card import card_facts
-from nxm_lightning.nxm import first_violation
-from nxm_lightning.precision import compute_dtype
-from nxm_lightning.sparse_linear import NxMLinear, check_backend_name, replace_module
-from nxm_lightning.targets import Target, TargetSpec, as_linear
+from nxm_lightning.sparsity.admm import check_layers_match
+from nxm_lightning.sparsity.export import export_pretrained
+from nxm_lightning.sparsity.model_card import card_facts
+from nxm_lightning.sparsity.nxm import first_violation
+from nxm_lightning.sparsity.precision import compute_dtype
+from nxm_lightning.sparsity.sparse_linear import NxMLinear, check_backend_name, route_to_backend
+from nxm_lightning.sparsity.targets import Target, TargetSpec
 
 
 class HardPruneCallback(Callback):
@@ -34,14 +35,14 @@ class HardPruneCallback(Callback):
     After the prune, gradients of pruned weights are zeroed and the weights re-masked after every optimizer step
     (AdamW's moments and weight decay would move them otherwise). Checkpoints saved before the cut are dense, so the
     ModelCheckpoint "best" tracking restarts at the cut. At fit end the pruned Linear layers become
-    :class:`~nxm_lightning.sparse_linear.NxMLinear` with ``backend``, and ``export_dir`` (if set) receives a Hugging Face
+    :class:`~nxm_lightning.sparsity.sparse_linear.NxMLinear` with ``backend``, and ``export_dir`` (if set) receives a Hugging Face
     folder plus ``sparsity.json``; the same routing happens when a pruned checkpoint is validated, tested or predicted.
 
     Args:
         pattern / include / exclude / pattern_overrides / strict: the targets when no NxMSparsifyCallback is
             present (as in NxMSparsifyCallback; ``pattern`` is N:M, N kept of every M, NVIDIA's order).
         at_epoch / at_step: prune at the start of this epoch / before this optimizer step (at most one).
-        backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparse_linear`).
+        backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparsity.sparse_linear`).
         backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
         export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json`` +
             a README.md model card).
@@ -143,11 +144,7 @@ class HardPruneCallback(Callback):
         metrics.update(self._sparsity_metrics())
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)
-        for checkpoint in trainer.checkpoint_callbacks:
-            # Checkpoints from before the cut are dense: "best" must be chosen among the pruned ones only.
-            if hasattr(checkpoint, "best_k_models"):
-                checkpoint.best_k_models, checkpoint.kth_best_model_path = {}, ""
-                checkpoint.best_model_score, checkpoint.best_model_path = None, ""
+        forget_best_checkpoints(trainer)  # they are dense: "best" must be chosen among the pruned ones only
         scores = ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "score" in k)
         rank_zero_info(
             f"HardPruneCallback: pruned {len(self.targets)} layers to N:M at {when} (step {trainer.global_step}); "
@@ -226,7 +223,9 @@ class HardPruneCallback(Callback):
         tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
         card = card_facts(hf_model, pl_module, self.scores)
         path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir, transposed, card)
-        rank_zero_info(f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.verify {path})")
+        rank_zero_info(
+            f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.sparsity.verify {path})"
+        )
 
     def route(self, pl_module: pl.LightningModule, dtype: torch.dtype | None = None) -> None:
         """Replace each pruned nn.Linear (or Conv1D) with an NxMLinear served by ``backend``.
@@ -236,14 +235,7 @@ class HardPruneCallback(Callback):
             dtype: the dtype the model computes in (``compute_dtype(trainer.precision)``: bf16 under ``bf16-mixed``),
                 which ``semi_structured`` needs its weights in; None: the weights' own.
         """
-        chosen = set()
-        for t in self.targets:
-            current = pl_module.get_submodule(t.name)
-            if isinstance(current, NxMLinear):
-                continue
-            sparse = NxMLinear.from_linear(as_linear(current), t.pattern, self.backend, self.backend_strict, dtype)
-            replace_module(pl_module, t.name, sparse)
-            chosen.add(sparse.backend)
+        chosen = route_to_backend(pl_module, self.targets, self.backend, self.backend_strict, dtype)
         if chosen:
             rank_zero_info(f"HardPruneCallback: {len(self.targets)} layers served by backend {', '.join(sorted(chosen))}.")
 

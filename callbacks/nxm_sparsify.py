@@ -20,9 +20,9 @@ from callbacks._common import (
     restore_weights,
 )
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
-from nxm_lightning.admm import PENALTY_MODES, ADMMState, PenaltyMode, Saliency, ZStepStats
-from nxm_lightning.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
-from nxm_lightning.targets import Target, TargetSpec, describe_targets
+from nxm_lightning.sparsity.admm import PENALTY_MODES, ADMMState, PenaltyMode, Saliency, ZStepStats
+from nxm_lightning.sparsity.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
+from nxm_lightning.sparsity.targets import Target, TargetSpec, describe_targets
 
 EndListener = Callable[[pl.Trainer, pl.LightningModule, dict[str, torch.Tensor]], None]
 

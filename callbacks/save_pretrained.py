@@ -7,8 +7,8 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
-from nxm_lightning.export import save_pretrained_atomic
-from nxm_lightning.model_card import CARD, card_facts, render_model_card
+from nxm_lightning.sparsity.export import save_pretrained_atomic
+from nxm_lightning.sparsity.model_card import CARD, card_facts, render_model_card
 
 
 class SavePretrainedCallback(Callback):

@@ -12,7 +12,7 @@ from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
 
-from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
 # The tests never need the Hub: fail fast offline instead of waiting on network time-outs.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -20,11 +20,11 @@ from transformers import AutoModelForSequenceClassification
 from transformers.pytorch_utils import Conv1D
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
-from nxm_lightning.admm import ADMMState
-from nxm_lightning.nxm import is_nxm, nxm_project
-from nxm_lightning.sparse_linear import NxMLinear
-from nxm_lightning.targets import select_targets
-from nxm_lightning.verify import verify
+from nxm_lightning.sparsity.admm import ADMMState
+from nxm_lightning.sparsity.nxm import is_nxm, nxm_project
+from nxm_lightning.sparsity.sparse_linear import NxMLinear
+from nxm_lightning.sparsity.targets import select_targets
+from nxm_lightning.sparsity.verify import verify
 
 
 class TinyClassifier(pl.LightningModule):

@@ -13,11 +13,17 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from nxm_lightning.export import export_pretrained
-from nxm_lightning.nxm import NxMPattern, nxm_project
-from nxm_lightning.sparse_linear import NxMLinear, pack_nxm, select_backend, semi_structured_unavailable_reason, unpack_nxm
-from nxm_lightning.targets import select_targets
-from nxm_lightning.verify import VerifyError, verify
+from nxm_lightning.sparsity.export import export_pretrained
+from nxm_lightning.sparsity.nxm import NxMPattern, nxm_project
+from nxm_lightning.sparsity.sparse_linear import (
+    NxMLinear,
+    pack_nxm,
+    select_backend,
+    semi_structured_unavailable_reason,
+    unpack_nxm,
+)
+from nxm_lightning.sparsity.targets import select_targets
+from nxm_lightning.sparsity.verify import VerifyError, verify
 
 REPO = Path(__file__).resolve().parents[1]
 P24 = NxMPattern(2, 4)
@@ -136,10 +142,15 @@ def test_verify_names_layer_and_first_bad_group(tmp_path: Path, tiny_bert: Path)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     problems = verify(out)
     assert len(problems) == 1 and name in problems[0] and "row 3, input columns 4..7" in problems[0]
-    result = subprocess.run([sys.executable, "-m", "nxm_lightning.verify", str(out)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "nxm_lightning.sparsity.verify", str(out)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 1 and "row 3, input columns 4..7" in result.stderr
     result = subprocess.run(
-        [sys.executable, "-m", "nxm_lightning.verify", str(tmp_path)], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "nxm_lightning.sparsity.verify", str(tmp_path)], capture_output=True, text=True, cwd=REPO
     )
     assert result.returncode == 2 and "sparsity.json" in result.stderr
 

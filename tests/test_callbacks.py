@@ -12,8 +12,8 @@ from conftest import ToyModule, toy_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
-from nxm_lightning.nxm import is_nxm
-from nxm_lightning.sparse_linear import NxMLinear
+from nxm_lightning.sparsity.nxm import is_nxm
+from nxm_lightning.sparsity.sparse_linear import NxMLinear
 
 INCLUDE = [r"^net\.[02]$"]  # the two hidden Linear layers; net.4 (16 -> 1) is the head
 

@@ -12,10 +12,10 @@ import torch
 import yaml
 
 import cli
-from nxm_lightning.data import GLUEDataModule
-from nxm_lightning.module import SequenceClassificationModule
-from nxm_lightning.nxm import is_nxm
-from nxm_lightning.verify import verify
+from nxm_lightning.sparsity.nxm import is_nxm
+from nxm_lightning.sparsity.verify import verify
+from nxm_lightning.tasks.data import GLUEDataModule
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 REPO = Path(__file__).resolve().parents[1]
 

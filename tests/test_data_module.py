@@ -8,10 +8,10 @@ import pytest
 import torch
 from transformers import AutoConfig, BertForSequenceClassification
 
-from nxm_lightning.data import GLUEDataModule
-from nxm_lightning.glue import GLUE_TASKS, get_task
-from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained, resolve_model_name
-from nxm_lightning.module import SequenceClassificationModule
+from nxm_lightning.tasks.data import GLUEDataModule
+from nxm_lightning.tasks.glue import GLUE_TASKS, get_task
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, load_pretrained, resolve_model_name
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ import torch
 import yaml
 
 from callbacks import NxMSparsifyCallback
-from nxm_lightning.verify import verify
+from nxm_lightning.sparsity.verify import verify
 
 BERT_LINEARS = ("attention.self.query", "attention.self.key", "attention.self.value", "attention.output.dense",
                 "intermediate.dense", "output.dense")  # fmt: skip

@@ -19,10 +19,10 @@ from transformers import BertConfig, BertForSequenceClassification
 import cli
 from callbacks import HardPruneCallback, NxMSparsifyCallback
 from nxm_lightning import DistillationModule, SequenceClassificationModule
-from nxm_lightning.distill import example_keys, kd_loss, weights_fingerprint
-from nxm_lightning.hub import DEFAULT_MODEL, resolve_model_name
-from nxm_lightning.nxm import is_nxm
-from nxm_lightning.verify import verify
+from nxm_lightning.sparsity.nxm import is_nxm
+from nxm_lightning.sparsity.verify import verify
+from nxm_lightning.tasks.distill import example_keys, kd_loss, weights_fingerprint
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
 
 def state(module: torch.nn.Module) -> dict[str, torch.Tensor]:

@@ -11,8 +11,8 @@ from conftest import text_loader, toy_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import HardPruneCallback, SavePretrainedCallback
-from nxm_lightning.model_card import CardFacts, card_facts, layer_kinds, library_version, pipeline_tag, render_model_card
-from nxm_lightning.module import SequenceClassificationModule
+from nxm_lightning.sparsity.model_card import CardFacts, card_facts, layer_kinds, library_version, pipeline_tag, render_model_card
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 
 def front_matter(card: str) -> dict:

@@ -9,7 +9,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from nxm_lightning.nxm import NxMPattern, first_violation, is_nxm, nxm_mask, nxm_project
+from nxm_lightning.sparsity.nxm import NxMPattern, first_violation, is_nxm, nxm_mask, nxm_project
 
 PATTERNS = [(1, 2), (2, 4), (1, 4), (3, 4), (4, 8), (2, 8), (5, 32)]
 

@@ -15,8 +15,8 @@ from onnx import numpy_helper
 from tiny_models import export_pruned, tiny_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nxm_lightning.nxm import is_nxm
-from nxm_lightning.onnx_export import (
+from nxm_lightning.sparsity.nxm import is_nxm
+from nxm_lightning.sparsity.onnx_export import (
     METADATA_KEY,
     PARITY_ATOL,
     export_onnx,
@@ -26,7 +26,7 @@ from nxm_lightning.onnx_export import (
     sample_inputs,
     verify_onnx,
 )
-from nxm_lightning.verify import VerifyError, verify
+from nxm_lightning.sparsity.verify import VerifyError, verify
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -84,7 +84,12 @@ def test_verify_onnx_names_the_layer_of_a_broken_group(bert_onnx: Path, tmp_path
     onnx.save(model, str(broken))
     problems = verify_onnx(broken)
     assert len(problems) == 1 and layer in problems[0] and "row 3, input columns 4..7" in problems[0]
-    result = subprocess.run([sys.executable, "-m", "nxm_lightning.verify", str(broken)], capture_output=True, text=True, cwd=REPO)
+    result = subprocess.run(
+        [sys.executable, "-m", "nxm_lightning.sparsity.verify", str(broken)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert result.returncode == 1 and "row 3, input columns 4..7" in result.stderr
 
 
@@ -106,7 +111,7 @@ def test_cli_exports_a_folder_with_its_tokenizer_inputs(tiny_bert: Path, tmp_pat
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
     export = export_pruned(model, tmp_path / "export", AutoTokenizer.from_pretrained(tiny_bert))
     out = tmp_path / "onnx" / "model.onnx"
-    command = [sys.executable, "-m", "nxm_lightning.onnx_export", str(export), str(out)]
+    command = [sys.executable, "-m", "nxm_lightning.sparsity.onnx_export", str(export), str(out)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
     assert result.returncode == 0, result.stderr
     assert "inputs input_ids, attention_mask, token_type_ids" in result.stdout

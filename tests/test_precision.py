@@ -25,12 +25,12 @@ from transformers import AutoModelForSequenceClassification
 import callbacks.hard_prune as hard_prune_module
 from callbacks import HardPruneCallback, NxMSparsifyCallback, RNGStateCallback
 from nxm_lightning import DistillationModule, SequenceClassificationModule
-from nxm_lightning.admm import FISHER_DECAY, ADMMState
-from nxm_lightning.nxm import NxMPattern, is_nxm, nxm_mask, nxm_project
-from nxm_lightning.precision import compute_dtype, cpu_flags, has_fast_bf16_cpu, recommended_precision
-from nxm_lightning.sparse_linear import NxMLinear, select_backend, semi_structured_unavailable_reason
-from nxm_lightning.targets import Target, select_targets
-from nxm_lightning.verify import verify
+from nxm_lightning.sparsity.admm import FISHER_DECAY, ADMMState
+from nxm_lightning.sparsity.nxm import NxMPattern, is_nxm, nxm_mask, nxm_project
+from nxm_lightning.sparsity.precision import compute_dtype, cpu_flags, has_fast_bf16_cpu, recommended_precision
+from nxm_lightning.sparsity.sparse_linear import NxMLinear, select_backend, semi_structured_unavailable_reason
+from nxm_lightning.sparsity.targets import Target, select_targets
+from nxm_lightning.sparsity.verify import verify
 
 INCLUDE = [r"^net\.[02]$"]  # the toy's two hidden Linear layers
 TOY_TARGETS = ("net.0", "net.2")

@@ -13,10 +13,10 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
-from nxm_lightning.admm import ADMMState
-from nxm_lightning.data import GLUEDataModule
-from nxm_lightning.module import SequenceClassificationModule
-from nxm_lightning.targets import select_targets
+from nxm_lightning.sparsity.admm import ADMMState
+from nxm_lightning.sparsity.targets import select_targets
+from nxm_lightning.tasks.data import GLUEDataModule
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 INCLUDE = [r"^net\.[02]$"]
 

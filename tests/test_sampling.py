@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers.trainer_pt_utils import LengthGroupedSampler
 
-from nxm_lightning.sampling import ShuffledLengthBuckets
+from nxm_lightning.tasks.sampling import ShuffledLengthBuckets
 
 
 def batches_of(order: list[int], batch_size: int) -> list[list[int]]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from nxm_lightning.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
+from nxm_lightning.sparsity.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
 
 
 def test_points_become_optimizer_steps() -> None:

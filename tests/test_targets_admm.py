@@ -9,9 +9,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from nxm_lightning.admm import ADMMState
-from nxm_lightning.nxm import NxMPattern, is_nxm, nxm_project
-from nxm_lightning.targets import describe_targets, select_targets
+from nxm_lightning.sparsity.admm import ADMMState
+from nxm_lightning.sparsity.nxm import NxMPattern, is_nxm, nxm_project
+from nxm_lightning.sparsity.targets import describe_targets, select_targets
 
 
 def test_default_targets_are_the_encoder_linears(tiny_bert: Path) -> None:

@@ -12,9 +12,9 @@ import transformers
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from nxm_lightning.export import export_pretrained
-from nxm_lightning.nxm import nxm_project
-from nxm_lightning.targets import select_targets
+from nxm_lightning.sparsity.export import export_pretrained
+from nxm_lightning.sparsity.nxm import nxm_project
+from nxm_lightning.sparsity.targets import select_targets
 
 VOCAB, HIDDEN, LAYERS = 100, 32, 2
 COMMON = dict(vocab_size=VOCAB, num_attention_heads=2, max_position_embeddings=64)

@@ -30,8 +30,8 @@ from typing import Literal
 
 import torch
 
-from nxm_lightning.nxm import nxm_mask
-from nxm_lightning.targets import Target
+from nxm_lightning.sparsity.nxm import nxm_mask
+from nxm_lightning.sparsity.targets import Target
 
 PenaltyMode = Literal["gradient", "decoupled"]
 PENALTY_MODES = ("gradient", "decoupled")
@@ -75,7 +75,7 @@ class ADMMState:
     """Z, U, masks and rho for a set of targets; everything a resumed run needs is in :meth:`state_dict`.
 
     Args:
-        targets: the layers, from :func:`nxm_lightning.targets.select_targets`.
+        targets: the layers, from :func:`nxm_lightning.sparsity.targets.select_targets`.
         rho: penalty weight (the initial one when a schedule is set).
         rho_factor: rho is multiplied by this at every Z-step (1.0 keeps it constant) ...
         rho_max: ... up to this cap.

@@ -19,8 +19,8 @@ from torch import nn
 from torch.nn import functional as F
 from transformers import AutoConfig, AutoModelForSequenceClassification
 
-from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained
-from nxm_lightning.module import SequenceClassificationModule
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, load_pretrained
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 StudentInit = Literal["teacher", "pretrained"]
 STUDENT_INITS = ("teacher", "pretrained")

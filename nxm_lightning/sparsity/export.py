@@ -20,8 +20,8 @@ from typing import Any
 
 import torch
 
-from nxm_lightning.model_card import CARD, CardFacts, card_facts, render_model_card
-from nxm_lightning.nxm import NxMPattern, first_violation
+from nxm_lightning.sparsity.model_card import CARD, CardFacts, card_facts, render_model_card
+from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
 
 MANIFEST = "sparsity.json"
 LAYOUTS = ("out_in", "in_out")

@@ -11,9 +11,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
-from nxm_lightning.glue import get_task
-from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained
-from nxm_lightning.metrics import glue_metrics, glue_score
+from nxm_lightning.tasks.glue import get_task
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, load_pretrained
+from nxm_lightning.tasks.metrics import glue_metrics, glue_score
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
 

@@ -71,7 +71,7 @@ def card_facts(
 
     Args:
         model: the exported ``PreTrainedModel`` (its config gives the architecture and the labels).
-        pl_module: a :class:`~nxm_lightning.module.SequenceClassificationModule` (or any module with ``hparams`` and
+        pl_module: a :class:`~nxm_lightning.tasks.module.SequenceClassificationModule` (or any module with ``hparams`` and
             ``task``): gives the base model and the GLUE task.
         scores: ``{when: dev score}`` to report.
         command: default: this process's command line (``sys.argv``).
@@ -163,7 +163,7 @@ def render_model_card(facts: CardFacts, manifest: dict[str, Any] | None = None) 
         lines += [
             "",
             f"Overall density of the N:M layers: {manifest['overall_density']:.4f}. "
-            "Check it: `python -m nxm_lightning.verify <this folder>`.",
+            "Check it: `python -m nxm_lightning.sparsity.verify <this folder>`.",
         ]
     else:
         lines.append("Dense: no N:M sparsity (e.g. the dense fine-tuning that a sparse run starts from or distils from).")

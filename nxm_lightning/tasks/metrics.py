@@ -6,7 +6,7 @@ from torchmetrics import Metric, MetricCollection
 from torchmetrics.classification import BinaryF1Score, MatthewsCorrCoef, MulticlassAccuracy
 from torchmetrics.regression import PearsonCorrCoef, SpearmanCorrCoef
 
-from nxm_lightning.glue import GlueTask
+from nxm_lightning.tasks.glue import GlueTask
 
 
 def glue_metrics(task: GlueTask) -> MetricCollection:

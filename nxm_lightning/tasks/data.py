@@ -11,9 +11,9 @@ import lightning.pytorch as pl
 from torch.utils.data import DataLoader
 from transformers import AutoTokenizer, DataCollatorWithPadding
 
-from nxm_lightning.glue import GlueTask, get_task
-from nxm_lightning.hub import DEFAULT_MODEL, load_pretrained
-from nxm_lightning.sampling import ShuffledLengthBuckets
+from nxm_lightning.tasks.glue import GlueTask, get_task
+from nxm_lightning.tasks.hub import DEFAULT_MODEL, load_pretrained
+from nxm_lightning.tasks.sampling import ShuffledLengthBuckets
 
 HUB_DATASET = "nyu-mll/glue"
 
@@ -29,7 +29,7 @@ class GLUEDataModule(pl.LightningDataModule):
         max_seq_length: longer inputs are truncated; batches are padded to their longest member only.
         batch_size / eval_batch_size: per device.
         group_by_length: batch training examples of similar length together (less padding), with the batches in
-            random order (:class:`~nxm_lightning.sampling.ShuffledLengthBuckets`).
+            random order (:class:`~nxm_lightning.tasks.sampling.ShuffledLengthBuckets`).
         length_group_batches: with ``group_by_length``, how many batches are sorted by length together: more saves
             more padding, fewer keeps each batch a more random sample (STS-B, batch 32: mean padded length 29 with
             50, 38 with 4, 70 without grouping).

@@ -1,7 +1,7 @@
-"""Check N:M compliance of an exported model folder or ONNX file: ``python -m nxm_lightning.verify DIR_OR_ONNX``.
+"""Check N:M compliance of an exported model folder or ONNX file: ``python -m nxm_lightning.sparsity.verify DIR_OR_ONNX``.
 
 Exit status 0: every layer listed in ``sparsity.json`` (or, for an ``.onnx`` file, in the sparsity record that
-:mod:`nxm_lightning.onnx_export` embeds) satisfies its pattern; 1: a violation (the layer and its first bad group are
+:mod:`nxm_lightning.sparsity.onnx_export` embeds) satisfies its pattern; 1: a violation (the layer and its first bad group are
 printed); 2: the path is not an nxm-lightning export.
 """
 
@@ -13,10 +13,9 @@ import sys
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file
 
-from nxm_lightning.export import MANIFEST, as_out_in, describe_violation
-from nxm_lightning.nxm import NxMPattern, first_violation
+from nxm_lightning.sparsity.export import MANIFEST, as_out_in, describe_violation
+from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
 
 
 class VerifyError(Exception):
@@ -26,6 +25,8 @@ class VerifyError(Exception):
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     files = sorted(directory.glob("*.safetensors"))
     if files:
+        from safetensors.torch import load_file  # a transformers dependency: only needed for .safetensors files
+
         weights: dict[str, torch.Tensor] = {}
         for file in files:
             weights.update(load_file(str(file)))
@@ -40,13 +41,13 @@ def verify(directory: str | Path) -> list[str]:
     """The violations found (empty when compliant); raises VerifyError when the folder (or .onnx file) cannot be checked."""
     directory = Path(directory)
     if directory.suffix == ".onnx" and directory.is_file():
-        from nxm_lightning.onnx_export import verify_onnx  # onnx is an optional extra
+        from nxm_lightning.sparsity.onnx_export import verify_onnx  # onnx is an optional extra
 
         return verify_onnx(directory)
     if not directory.is_dir():
         raise VerifyError(
             f"{directory} is not a directory nor an .onnx file. Pass the export_dir written by HardPruneCallback or "
-            "an ONNX file written by python -m nxm_lightning.onnx_export."
+            "an ONNX file written by python -m nxm_lightning.sparsity.onnx_export."
         )
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
@@ -78,10 +79,10 @@ def layer_violations(layers: dict[str, dict], weights: dict[str, torch.Tensor]) 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nxm_lightning.verify", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nxm_lightning.sparsity.verify", description=__doc__.splitlines()[0])
     parser.add_argument(
         "directory",
-        help="an export folder holding sparsity.json and the weights, or an .onnx file from nxm_lightning.onnx_export",
+        help="an export folder holding sparsity.json and the weights, or an .onnx file from nxm_lightning.sparsity.onnx_export",
     )
     args = parser.parse_args(argv)
     try:

@@ -1,6 +1,6 @@
 """Which dtypes a Lightning precision flag implies, and which precision to train in on this machine. Pure PyTorch.
 
-``python -m nxm_lightning.precision`` prints the recommendation for this machine and why (README, "Which precision to
+``python -m nxm_lightning.sparsity.precision`` prints the recommendation for this machine and why (README, "Which precision to
 use where").
 
 - :func:`compute_dtype`: the dtype the matmuls run in (what the ``semi_structured`` backend stores its weights in).

@@ -13,9 +13,16 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
 
-from nxm_lightning.nxm import NxMPattern
+from nxm_lightning.sparsity.nxm import NxMPattern
+
+try:  # GPT-2's Conv1D; without transformers installed, no module can be one
+    from transformers.pytorch_utils import Conv1D
+except ImportError:  # pragma: no cover - the torch-only core (tests/test_layers.py)
+
+    class Conv1D(nn.Module):  # type: ignore[no-redef]
+        """Stands for transformers' Conv1D when transformers is not installed (nothing is an instance of it)."""
+
 
 # Every Linear inside a transformer block: BERT/RoBERTa/ELECTRA/DeBERTa's query/key/value/attention output/
 # intermediate/output (encoder.layer.N), DistilBERT's transformer.layer.N, GPT-2's h.N, Llama-style layers.N, blocks.N,

@@ -6,7 +6,7 @@ Backends:
   so 2:4 in fp32 takes 0.53x the dense bytes; expanded to dense on the fly for the matmul.
 - ``semi_structured``: ``torch.sparse.to_sparse_semi_structured`` (cuSPARSELt, else CUTLASS) on CUDA GPUs with
   sparse tensor cores (compute capability 8.x and newer), 2:4 only, fp16/bf16/int8 weights, PyTorch's shape limits.
-  The weight is stored in the *compute dtype* (:func:`nxm_lightning.precision.compute_dtype` of the trainer's
+  The weight is stored in the *compute dtype* (:func:`nxm_lightning.sparsity.precision.compute_dtype` of the trainer's
   precision): under ``bf16-mixed`` an fp32 weight is served in bf16, as autocast would run the dense matmul.
 - ``auto``: ``semi_structured`` where :func:`select_backend` finds it usable, else ``masked``.
 An unavailable backend falls back to ``masked`` with a warning naming the reason (an error when ``strict``).
@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nxm_lightning.nxm import NxMPattern, first_violation, nxm_mask
+from nxm_lightning.sparsity.nxm import NxMPattern, first_violation, nxm_mask
+from nxm_lightning.sparsity.targets import Target, as_linear
 
 Backend = Literal["auto", "masked", "packed", "semi_structured"]
 BACKENDS = ("auto", "masked", "packed", "semi_structured")
@@ -166,7 +167,7 @@ class NxMLinear(nn.Module):
             linear: the pruned layer (its weight must be ``pattern``-sparse).
             pattern: the N:M pattern.
             backend / strict: as in :func:`select_backend`.
-            compute_dtype: the dtype the model computes in (:func:`nxm_lightning.precision.compute_dtype`);
+            compute_dtype: the dtype the model computes in (:func:`nxm_lightning.sparsity.precision.compute_dtype`);
                 ``semi_structured`` stores weight and bias in it, the other backends keep the weight's own dtype.
         """
         weight = linear.weight.detach()
@@ -217,3 +218,30 @@ def replace_module(root: nn.Module, name: str, new: nn.Module) -> None:
     parent_name, _, child = name.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, new)
+
+
+def route_to_backend(
+    root: nn.Module, targets: list[Target], backend: str, strict: bool = False, dtype: torch.dtype | None = None
+) -> set[str]:
+    """Replace each target of ``root`` (an N:M ``nn.Linear`` or GPT-2 ``Conv1D``) with an :class:`NxMLinear` served by
+    ``backend``; layers already routed are left as they are.
+
+    Args:
+        root: the module holding the targets (their names are paths inside it).
+        targets: the pruned layers, whose weights are N:M.
+        backend / strict: as :meth:`NxMLinear.from_linear`.
+        dtype: the dtype the model computes in (bf16 under ``bf16-mixed``), which ``semi_structured`` stores its
+            weights in; None: the weights' own.
+
+    Returns:
+        The backends chosen for the layers routed now.
+    """
+    chosen = set()
+    for t in targets:
+        current = root.get_submodule(t.name)
+        if isinstance(current, NxMLinear):
+            continue
+        sparse = NxMLinear.from_linear(as_linear(current), t.pattern, backend, strict, dtype)
+        replace_module(root, t.name, sparse)
+        chosen.add(sparse.backend)
+    return chosen

@@ -1,6 +1,6 @@
 """Export an N:M export folder to ONNX, check ONNX Runtime against PyTorch, and verify the pattern in the ONNX file.
 
-``python -m nxm_lightning.onnx_export EXPORT_DIR model.onnx`` writes ``model.onnx`` with dynamic batch and sequence
+``python -m nxm_lightning.sparsity.onnx_export EXPORT_DIR model.onnx`` writes ``model.onnx`` with dynamic batch and sequence
 axes and the logits as output, checks that every layer listed in ``sparsity.json`` is still N:M in the file's
 initializers, and compares ONNX Runtime's logits on CPU with PyTorch's (:data:`PARITY_ATOL`). GPU users then build a
 TensorRT engine that runs the 2:4 layers on sparse tensor cores::
@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nxm_lightning.export import MANIFEST, as_out_in
-from nxm_lightning.verify import VerifyError, layer_violations
+from nxm_lightning.sparsity.export import MANIFEST, as_out_in
+from nxm_lightning.sparsity.verify import VerifyError, layer_violations
 
 METADATA_KEY = "nxm_lightning.sparsity"
 RECORD_FORMAT = "nxm-lightning-onnx/1"
@@ -154,7 +154,7 @@ def export_onnx(
 
     Args:
         model: a ``PreTrainedModel`` with a head that returns ``logits`` (switched to eval mode, fp32).
-        layers: the ``layers`` of its ``sparsity.json`` manifest (:func:`nxm_lightning.export.sparsity_manifest`).
+        layers: the ``layers`` of its ``sparsity.json`` manifest (:func:`nxm_lightning.sparsity.export.sparsity_manifest`).
         output: the ``.onnx`` file to write.
         input_names: the inputs, see :func:`model_input_names`.
         opset: the ONNX opset.
@@ -248,7 +248,7 @@ def verify_onnx(path: str | Path) -> list[str]:
     if METADATA_KEY not in props:
         raise VerifyError(
             f"{path} holds no nxm-lightning sparsity record (metadata {METADATA_KEY!r}): export it with "
-            "python -m nxm_lightning.onnx_export EXPORT_DIR OUT.onnx."
+            "python -m nxm_lightning.sparsity.onnx_export EXPORT_DIR OUT.onnx."
         )
     layers = json.loads(props[METADATA_KEY])["layers"]
     initializers = {init.name: init for init in model.graph.initializer}
@@ -263,7 +263,7 @@ def verify_onnx(path: str | Path) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m nxm_lightning.onnx_export", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m nxm_lightning.sparsity.onnx_export", description=__doc__.splitlines()[0])
     parser.add_argument("export_dir", help="a folder written by HardPruneCallback (save_pretrained + sparsity.json)")
     parser.add_argument("output", help="the .onnx file to write")
     parser.add_argument("--opset", type=int, default=OPSET, help=f"ONNX opset (default {OPSET})")
