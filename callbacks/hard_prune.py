@@ -26,8 +26,9 @@ class HardPruneCallback(Callback):
     r"""Prune the targets to exactly N:M by magnitude, keep the masks fixed for the rest of training, then serve.
 
     When to prune:
-    - with an :class:`NxMSparsifyCallback` in the trainer and neither ``at_epoch`` nor ``at_step`` set: when its ADMM
-      phase ends, on its targets and patterns (the NxMTransformer pipeline);
+    - after ADMM (``after_admm``): when the ADMM phase of the trainer's :class:`NxMSparsifyCallback` ends, with its
+      final masks, on its targets and patterns (the NxMTransformer pipeline). With several sparsifiers in one trainer,
+      it follows the one whose targets (pattern, include, exclude, ...) equal its own;
     - otherwise at the start of epoch ``at_epoch`` or before optimizer step ``at_step``; with neither, at fit start
       (on a dense fine-tuned model, NVIDIA's ASP recipe).
     If fit ends before that point, the prune happens at fit end, so a finished fit always leaves an N:M model.
@@ -41,6 +42,9 @@ class HardPruneCallback(Callback):
     Args:
         pattern / include / exclude / pattern_overrides / strict: the targets when no NxMSparsifyCallback is
             present (as in NxMSparsifyCallback; ``pattern`` is N:M, N kept of every M, NVIDIA's order).
+        after_admm: ``None`` (default): follow the trainer's NxMSparsifyCallback when it has one and neither
+            ``at_epoch`` nor ``at_step`` is set; ``True``: follow it, and refuse to train without one; ``False``:
+            never follow one (prune at ``at_epoch`` / ``at_step`` / fit start even beside a sparsifier).
         at_epoch / at_step: prune at the start of this epoch / before this optimizer step (at most one).
         backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparsity.sparse_linear`).
         backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
@@ -62,6 +66,7 @@ class HardPruneCallback(Callback):
         exclude: list[str] | None = None,
         pattern_overrides: dict[str, str] | None = None,
         strict: bool = False,
+        after_admm: bool | None = None,
         at_epoch: int | None = None,
         at_step: int | None = None,
         backend: str = "auto",
@@ -74,6 +79,12 @@ class HardPruneCallback(Callback):
             raise ValueError(f"Set at most one of at_epoch ({at_epoch}) and at_step ({at_step}).")
         if (at_epoch is not None and at_epoch < 0) or (at_step is not None and at_step < 0):
             raise ValueError("at_epoch and at_step must be >= 0.")
+        if after_admm and (at_epoch is not None or at_step is not None):
+            raise ValueError(
+                f"after_admm=True prunes when the ADMM phase ends; at_epoch={at_epoch} / at_step={at_step} name another "
+                "point. Set one or the other."
+            )
+        self.after_admm = after_admm
         self.spec = TargetSpec(pattern, include, exclude, pattern_overrides, strict)
         self.at_epoch, self.at_step = at_epoch, at_step
         self.backend, self.backend_strict = backend, backend_strict
@@ -96,15 +107,31 @@ class HardPruneCallback(Callback):
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
-    def _sparsify_callback(self, trainer: pl.Trainer) -> NxMSparsifyCallback | None:
-        return next((cb for cb in trainer.callbacks if isinstance(cb, NxMSparsifyCallback)), None)
+    def _sparsifier(self, trainer: pl.Trainer) -> NxMSparsifyCallback | None:
+        """The NxMSparsifyCallback this callback follows, or None (see ``after_admm``)."""
+        if self.after_admm is False or (self.after_admm is None and (self.at_epoch, self.at_step) != (None, None)):
+            return None
+        found = [cb for cb in trainer.callbacks if isinstance(cb, NxMSparsifyCallback)]
+        if len(found) > 1:
+            found = [cb for cb in found if cb.spec == self.spec]
+            if len(found) != 1:
+                raise ValueError(
+                    "HardPruneCallback: the trainer has several NxMSparsifyCallbacks and this HardPruneCallback's "
+                    f"targets ({self.spec}) match {len(found)} of them. Give each HardPruneCallback the pattern, include, "
+                    "exclude and pattern_overrides of the sparsifier it follows."
+                )
+        if not found and self.after_admm:
+            raise ValueError(
+                "HardPruneCallback(after_admm=True) follows an NxMSparsifyCallback, but the trainer has none. Add one, "
+                "or set after_admm to null (prune at at_epoch / at_step / fit start)."
+            )
+        return found[0] if found else None
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         refuse_sharded_strategy(trainer, type(self).__name__)
-        sparsify = self._sparsify_callback(trainer)
-        self.follow_admm = sparsify is not None and self.at_epoch is None and self.at_step is None
-        if self.follow_admm:
-            assert sparsify is not None
+        sparsify = self._sparsifier(trainer)
+        self.follow_admm = sparsify is not None
+        if sparsify is not None:
             self.targets = sparsify.targets
             sparsify.add_end_listener(lambda tr, module, masks: self._prune(tr, module, "the end of the ADMM phase", masks))
         else:
@@ -244,7 +271,7 @@ class HardPruneCallback(Callback):
     def _route_if_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.state.fn == "fit" or any(isinstance(m, NxMLinear) for m in pl_module.modules()):
             return
-        sparsify = self._sparsify_callback(trainer)
+        sparsify = self._sparsifier(trainer)
         targets = (sparsify.spec if sparsify is not None else self.spec).select(pl_module)
         dense = [t.name for t in targets if first_violation(t.weight, t.pattern.n, t.pattern.m) is not None]
         if dense:

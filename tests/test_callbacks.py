@@ -331,3 +331,52 @@ def test_two_instances_coexist_in_one_checkpoint(tmp_path: Path) -> None:
     for before, after in zip(first, resumed):
         assert after.admm is not None and after.admm.zstep_count == before.admm.zstep_count > 0
         assert all(torch.equal(after.admm.u[name], before.admm.u[name]) for name in before.admm.u)
+
+
+def test_each_hard_prune_follows_the_sparsifier_with_its_targets(tmp_path: Path) -> None:
+    first = dict(pattern="2:4", include=[r"^net\.0$"])
+    second = dict(pattern="1:4", include=[r"^net\.2$"])
+    sparsifiers = [NxMSparsifyCallback(**first, rho=0.05, penalty="decoupled", update_every=2, end_step=8),
+                   NxMSparsifyCallback(**second, rho=0.05, penalty="decoupled", update_every=2, end_step=12)]  # fmt: skip
+    prunes = [HardPruneCallback(**second, backend="masked"), HardPruneCallback(**first, backend="masked")]
+    model = ToyModule()
+    toy_trainer(tmp_path, [*sparsifiers, *prunes], max_epochs=2).fit(model, toy_loader())
+    assert [t.name for t in prunes[0].targets] == ["net.2"] and [t.name for t in prunes[1].targets] == ["net.0"]
+    assert is_nxm(model.net[0].dense_weight(), 2, 4) and is_nxm(model.net[2].dense_weight(), 1, 4)
+    assert not is_nxm(model.net[0].dense_weight(), 1, 4)  # cut with its own sparsifier's 2:4, not the other's 1:4
+
+
+@pytest.mark.parametrize(
+    ("callbacks", "message"),
+    [
+        (lambda: [HardPruneCallback(include=INCLUDE, after_admm=True)], r"after_admm=True\) follows an NxMSparsify"),
+        (
+            lambda: [
+                NxMSparsifyCallback("2:4", include=[r"^net\.0$"]),
+                NxMSparsifyCallback("1:4", include=[r"^net\.2$"]),
+                HardPruneCallback(include=INCLUDE),
+            ],
+            "several NxMSparsifyCallbacks and this HardPruneCallback's targets",
+        ),
+    ],
+    ids=["no-sparsifier", "ambiguous"],
+)
+def test_the_link_to_the_sparsifier_is_checked_before_training(tmp_path: Path, callbacks: Callable, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        toy_trainer(tmp_path, callbacks(), max_epochs=1).fit(ToyModule(), toy_loader())
+    with pytest.raises(ValueError, match="after_admm=True prunes when the ADMM phase ends"):
+        HardPruneCallback(after_admm=True, at_epoch=1)
+
+
+def test_after_admm_false_prunes_at_fit_start_beside_a_sparsifier(tmp_path: Path) -> None:
+    prune = HardPruneCallback(include=INCLUDE, after_admm=False, backend="masked")
+    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, update_every=2)
+    model = ToyModule()
+    steps: list[bool] = []
+
+    class Probe(Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+            steps.append(prune.pruned)
+
+    toy_trainer(tmp_path, [sparsify, prune, Probe()], max_epochs=1).fit(model, toy_loader())
+    assert steps and all(steps)  # pruned before the first step, not at the end of ADMM
