@@ -85,7 +85,7 @@ def test_missing_teacher_path(tiny_bert: Path, tmp_path: Path) -> None:
 
 def test_teacher_with_other_num_labels(tiny_bert: Path, tiny_bert_2labels: Path) -> None:
     with pytest.raises(ValueError, match="num_labels=2, but the student for task 'stsb' has 1"):
-        DistillationModule(str(tiny_bert), "stsb", teacher=str(tiny_bert_2labels))
+        DistillationModule(str(tiny_bert), task_name="stsb", teacher=str(tiny_bert_2labels))
 
 
 def test_teacher_with_other_vocabulary(tiny_bert: Path, tmp_path: Path) -> None:
@@ -126,7 +126,9 @@ def test_kd_loss_equals_hand_computed_value() -> None:
 
 def test_training_step_is_alpha_task_plus_kd(tiny_bert_2labels: Path) -> None:
     torch.manual_seed(0)
-    module = DistillationModule(str(tiny_bert_2labels), "rte", teacher=str(tiny_bert_2labels), alpha=0.3, temperature=2.0)
+    module = DistillationModule(
+        str(tiny_bert_2labels), task_name="rte", teacher=str(tiny_bert_2labels), alpha=0.3, temperature=2.0
+    )
     with torch.no_grad():
         module.model.classifier.bias.copy_(torch.tensor([1.0, -1.0]))  # a student that disagrees with its teacher
     module.eval()  # no dropout: the hand computation below sees the same logits

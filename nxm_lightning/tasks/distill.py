@@ -150,8 +150,8 @@ class DistillationModule(SequenceClassificationModule):
     Args:
         model_name_or_path: the student's pretrained weights with ``student_init="pretrained"``; always the model
             whose tokenizer prepares the data (``cli.py`` links it), so the teacher must share its vocabulary.
-        task_name / num_labels / learning_rate / weight_decay / adam_epsilon / warmup_ratio / trust_remote_code /
-            freeze_embeddings: as in :class:`SequenceClassificationModule`.
+        **kwargs: the other arguments of :class:`SequenceClassificationModule` (``task_name``, ``learning_rate``,
+            ...), by keyword; the CLI and ``--help`` list them from there.
         teacher: the fine-tuned dense teacher: a Hugging Face folder or a ``.ckpt`` of SequenceClassificationModule.
         teacher_snapshot_epoch: instead of ``teacher``: at the start of this epoch the teacher becomes a frozen copy
             of the student as it is then (e.g. the end of a dense phase: NxMSparsifyCallback's ``start_epoch``);
@@ -176,14 +176,6 @@ class DistillationModule(SequenceClassificationModule):
     def __init__(
         self,
         model_name_or_path: str = DEFAULT_MODEL,
-        task_name: str = "stsb",
-        num_labels: int | None = None,
-        learning_rate: float = 5e-5,
-        weight_decay: float = 0.01,
-        adam_epsilon: float = 1e-8,
-        warmup_ratio: float = 0.1,
-        trust_remote_code: bool = False,
-        freeze_embeddings: bool = False,
         *,
         teacher: str | None = None,
         teacher_snapshot_epoch: int | None = None,
@@ -193,6 +185,7 @@ class DistillationModule(SequenceClassificationModule):
         layer_map: dict[int, int] | None = None,
         student_init: StudentInit = "teacher",
         cache_teacher_logits: bool = False,
+        **kwargs: Any,
     ) -> None:
         # Checked before any model is loaded, so that a bad config fails in seconds.
         if not 0 <= alpha <= 1:
@@ -226,10 +219,7 @@ class DistillationModule(SequenceClassificationModule):
                 )
         else:
             check_teacher_path(teacher)  # type: ignore[arg-type]
-        super().__init__(
-            model_name_or_path, task_name, num_labels, learning_rate, weight_decay, adam_epsilon, warmup_ratio,
-            trust_remote_code, freeze_embeddings,
-        )  # fmt: skip
+        super().__init__(model_name_or_path, **kwargs)  # the fine-tuning arguments (LightningCLI reads them there)
         self.layer_map = self._resolve_layer_map(layer_map) if hidden_weight > 0 else {}
         self._logit_cache: dict[bytes, torch.Tensor] = {}
         self._cache_fingerprint: str | None = None
