@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
+from lightning.pytorch.callbacks import Callback
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification, DataCollatorWithPadding
@@ -107,3 +110,24 @@ def text_loader(tokenizer: Path, n: int = 16, batch_size: int = 4, regression: b
         encoded = tokenizer(f"Sentence number {i} says" + " more" * (i % 5), f"A reply to {i}.", truncation=True, max_length=32)
         rows.append({**encoded, "labels": float(i % 6) if regression else i % 2})
     return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))
+
+
+class Killed(Exception):
+    """Raised by :class:`KillAfter` in place of a real kill."""
+
+
+class KillAfter(Callback):
+    """Stops the run at the start of epoch ``epochs``, after that epoch's checkpoint, without fit-end hooks."""
+
+    def __init__(self, epochs: int) -> None:
+        self.epochs = epochs
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.current_epoch >= self.epochs:
+            raise Killed
+
+
+def run_verify(path: Path) -> subprocess.CompletedProcess:
+    """``python -m nxm_lightning.sparsity.verify PATH`` from the repository root."""
+    return subprocess.run([sys.executable, "-m", "nxm_lightning.sparsity.verify", str(path)], capture_output=True,
+                          text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_verify
 from safetensors.torch import load_file, save_file
 from torch import nn
 from transformers import AutoModelForSequenceClassification
@@ -142,16 +141,9 @@ def test_verify_names_layer_and_first_bad_group(tmp_path: Path, tiny_bert: Path)
     save_file(weights, str(out / "model.safetensors"), metadata={"format": "pt"})
     problems = verify(out)
     assert len(problems) == 1 and name in problems[0] and "row 3, input columns 4..7" in problems[0]
-    result = subprocess.run(
-        [sys.executable, "-m", "nxm_lightning.sparsity.verify", str(out)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = run_verify(out)
     assert result.returncode == 1 and "row 3, input columns 4..7" in result.stderr
-    result = subprocess.run(
-        [sys.executable, "-m", "nxm_lightning.sparsity.verify", str(tmp_path)], capture_output=True, text=True, cwd=REPO
-    )
+    result = run_verify(tmp_path)
     assert result.returncode == 2 and "sparsity.json" in result.stderr
 
 

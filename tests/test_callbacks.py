@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ToyModule, toy_loader, toy_trainer
+from conftest import KillAfter, Killed, ToyModule, toy_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
@@ -150,21 +150,6 @@ def _resume_run(tmp_path: Path, interrupt: bool, start_step: int | None = None, 
     else:
         toy_trainer(tmp_path, callbacks(), max_epochs=5).fit(model, toy_loader())
     return {name: model.get_submodule(name).dense_weight() for name in ("net.0", "net.2")}
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAfter(Callback):
-    """Stops the run at the start of epoch ``epochs``, after that epoch's checkpoint, without fit-end hooks."""
-
-    def __init__(self, epochs: int) -> None:
-        self.epochs = epochs
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-        if trainer.current_epoch >= self.epochs:
-            raise Killed
 
 
 @pytest.mark.parametrize(

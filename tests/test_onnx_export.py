@@ -11,6 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+from conftest import run_verify
 from onnx import numpy_helper
 from tiny_models import export_pruned, tiny_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -84,12 +85,7 @@ def test_verify_onnx_names_the_layer_of_a_broken_group(bert_onnx: Path, tmp_path
     onnx.save(model, str(broken))
     problems = verify_onnx(broken)
     assert len(problems) == 1 and layer in problems[0] and "row 3, input columns 4..7" in problems[0]
-    result = subprocess.run(
-        [sys.executable, "-m", "nxm_lightning.sparsity.verify", str(broken)],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
+    result = run_verify(broken)
     assert result.returncode == 1 and "row 3, input columns 4..7" in result.stderr
 
 

@@ -16,7 +16,7 @@ from pathlib import Path
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import ToyModule, save_tiny_bert, text_loader, toy_loader, toy_trainer
+from conftest import KillAfter, Killed, ToyModule, save_tiny_bert, text_loader, toy_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.plugins.precision import MixedPrecision
 from torch import nn
@@ -36,21 +36,6 @@ INCLUDE = [r"^net\.[02]$"]  # the toy's two hidden Linear layers
 TOY_TARGETS = ("net.0", "net.2")
 P24 = NxMPattern(2, 4)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
-
-
-class Killed(Exception):
-    pass
-
-
-class KillAtEpoch(Callback):
-    """Stops the run at the start of epoch ``epoch``, after the previous epoch's checkpoint, without fit-end hooks."""
-
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer, pl_module) -> None:  # noqa: ANN001
-        if trainer.current_epoch >= self.epoch:
-            raise Killed
 
 
 # ---- the ADMM state: fp32 whatever the weights' dtype ------------------------------------------------------------------
@@ -426,7 +411,7 @@ def test_evaluate_score_runs_in_the_trainers_precision(bf16_pipeline: tuple, bf1
 def test_bf16_mixed_resume_during_admm_is_exact(bf16_pipeline: tuple, bf16_bert: Path, tmp_path: Path) -> None:
     straight, probe, _ = bf16_pipeline
     with pytest.raises(Killed):  # stopped at the start of epoch 2, in the middle of the ADMM phase
-        pipeline_fit(bf16_bert, tmp_path, [KillAtEpoch(2)])
+        pipeline_fit(bf16_bert, tmp_path, [KillAfter(2)])
     resumed = pipeline_fit(bf16_bert, tmp_path, [], ckpt_path=tmp_path / "ckpt" / "last.ckpt")
     for name in probe.at_cut:
         assert torch.allclose(resumed.get_submodule(name).dense_weight(), straight.get_submodule(name).dense_weight(), atol=1e-6)
