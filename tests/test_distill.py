@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 import yaml
-from conftest import REPO, text_loader, toy_trainer
+from conftest import REPO, KillAfter, Killed, text_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from torch.nn import functional as F
 from transformers import AutoModelForSequenceClassification as AutoClassifier
@@ -209,26 +209,13 @@ def test_teacher_snapshot_is_the_student_at_that_epoch_then_frozen(tiny_bert: Pa
     assert not optimized & {id(p) for p in module.teacher.parameters()}
 
 
-class Killed(Exception):
-    pass
-
-
-class KillAtEpoch(Callback):
-    def __init__(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.current_epoch >= self.epoch:
-            raise Killed
-
-
 def test_teacher_snapshot_survives_a_resume(tiny_bert: Path, tmp_path: Path) -> None:
     straight = snapshot_module(tiny_bert)
     toy_trainer(tmp_path / "a", [], max_epochs=3, enable_checkpointing=False).fit(straight, text_loader(tiny_bert))
     killed = snapshot_module(tiny_bert)
     checkpoints = ModelCheckpoint(dirpath=tmp_path / "b", save_last=True)
     with pytest.raises(Killed):  # after the snapshot (epoch 1) and its checkpoint
-        toy_trainer(tmp_path / "b", [checkpoints, KillAtEpoch(2)], max_epochs=3).fit(killed, text_loader(tiny_bert))
+        toy_trainer(tmp_path / "b", [checkpoints, KillAfter(2)], max_epochs=3).fit(killed, text_loader(tiny_bert))
     saved = torch.load(tmp_path / "b" / "last.ckpt", weights_only=True)
     assert saved["teacher_snapshot"].keys() == straight.teacher.state_dict().keys()
     assert not any(k.startswith("teacher.") for k in saved["state_dict"])
