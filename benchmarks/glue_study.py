@@ -78,6 +78,11 @@ SPARSE_LRS = (1e-4, 5e-5, 2e-4)  # in running order: the paper's range first
 MIN_ZSTEPS = 20
 
 
+def method_config(method: str) -> dict[str, Any]:
+    """The parsed shipped config of ``method`` (a fresh copy each call: callers edit it)."""
+    return yaml.safe_load((CONFIGS / METHOD_CONFIGS[method]).read_text())
+
+
 @dataclass(frozen=True)
 class Budget:
     """The epochs every sparse method gets after the dense stage, and which methods run at it."""
@@ -150,7 +155,7 @@ class RunSpec:
     def edited_config(self) -> tuple[str, dict[str, dict[str, Any]]]:
         """The method's YAML with the callback edits (list items cannot be overridden from the command line), and the
         edits made, keyed by callback class path."""
-        config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[self.method]).read_text())
+        config = method_config(self.method)
         # The values the command line overrides too, so that the fingerprint does not change with the config's default.
         config["model"]["init_args"]["learning_rate"] = self.learning_rate
         config["trainer"]["max_epochs"] = self.epochs
@@ -471,7 +476,7 @@ class Study:
         if method in fixed:
             return fixed[method]
         if method not in LR_PARTNER:
-            config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[method]).read_text())
+            config = method_config(method)
             return float(config["model"]["init_args"]["learning_rate"])
         return self.best(self.sweep(LR_PARTNER[method])).learning_rate
 
@@ -511,7 +516,7 @@ class Study:
 def zstep_args(spec: RunSpec) -> dict[str, Any]:
     """ADMM's Z-step interval for ``spec``, shortened where the config's would give fewer than :data:`MIN_ZSTEPS`
     Z-steps in the phase (RTE's 78 steps an epoch)."""
-    config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[spec.method]).read_text())
+    config = method_config(spec.method)
     admm = next((c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"] == ADMM_CALLBACK), None)
     if admm is None or admm.get("update_every") is None or spec.budget != "paper":
         return {}
@@ -524,7 +529,7 @@ def steps_per_epoch(spec: RunSpec) -> int:
     """Optimizer steps of one training epoch of ``spec``'s task (from the training file's line count)."""
     from nxm_lightning.tasks.glue import get_task
 
-    config = yaml.safe_load((CONFIGS / METHOD_CONFIGS[spec.method]).read_text())
+    config = method_config(spec.method)
     task = get_task(spec.task)
     lines = (REPO / spec.data_dir / task.directory / "train.tsv").read_text(encoding="utf-8-sig").splitlines()
     examples = sum(1 for line in lines if line.strip()) - task.has_header
