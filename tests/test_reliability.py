@@ -95,7 +95,10 @@ def test_zstep_every_step_keeps_memory_flat() -> None:
     before = process.memory_info().rss
     run(2000)
     growth = process.memory_info().rss - before
-    assert growth < 8 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 Z-steps"
+    # Each Z-step allocates 1 MiB of Z (4 x 256 x 256 fp32) and 256 KiB of masks, so keeping any of them alive grows
+    # RSS by at least 500 MiB here; the allocator's own arenas and fragmentation can add tens of MiB on a busy machine
+    # (23.5 MiB measured in CI), which is why the bound sits between the two.
+    assert growth < 128 * 2**20, f"RSS grew by {growth / 2**20:.1f} MiB over 2000 Z-steps"
 
 
 def test_checkpoint_of_another_shape_is_refused(tmp_path: Path, tiny_bert: Path) -> None:
