@@ -6,11 +6,11 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import optimizer_stepped, project_targets, refuse_sharded_strategy
 from callbacks._precision import refuse_fp16_weights
+from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from nxm_lightning.sparsity.admm import check_layers_match
@@ -19,10 +19,10 @@ from nxm_lightning.sparsity.model_card import card_facts
 from nxm_lightning.sparsity.nxm import first_violation
 from nxm_lightning.sparsity.precision import compute_dtype
 from nxm_lightning.sparsity.sparse_linear import NxMLinear, check_backend_name, route_to_backend
-from nxm_lightning.sparsity.targets import Target, TargetSpec
+from nxm_lightning.sparsity.targets import Target
 
 
-class HardPruneCallback(Callback):
+class HardPruneCallback(TargetingCallback):
     r"""Prune the targets to exactly N:M by magnitude, keep the masks fixed for the rest of training, then serve.
 
     When to prune:
@@ -40,8 +40,9 @@ class HardPruneCallback(Callback):
     folder plus ``sparsity.json``; the same routing happens when a pruned checkpoint is validated, tested or predicted.
 
     Args:
-        pattern / include / exclude / pattern_overrides / strict: the targets when no NxMSparsifyCallback is
-            present (as in NxMSparsifyCallback; ``pattern`` is N:M, N kept of every M, NVIDIA's order).
+        **targets: ``pattern`` (N:M, N kept of every M, NVIDIA's order; default ``"2:4"``), ``include``, ``exclude``,
+            ``pattern_overrides``, ``strict``: the targets when no NxMSparsifyCallback is followed, as in
+            :class:`~callbacks._targeting.TargetingCallback`.
         after_admm: ``None`` (default): follow the trainer's NxMSparsifyCallback when it has one and neither
             ``at_epoch`` nor ``at_step`` is set; ``True``: follow it, and refuse to train without one; ``False``:
             never follow one (prune at ``at_epoch`` / ``at_step`` / fit start even beside a sparsifier).
@@ -61,11 +62,7 @@ class HardPruneCallback(Callback):
 
     def __init__(
         self,
-        pattern: str = "2:4",
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        pattern_overrides: dict[str, str] | None = None,
-        strict: bool = False,
+        *,
         after_admm: bool | None = None,
         at_epoch: int | None = None,
         at_step: int | None = None,
@@ -73,7 +70,9 @@ class HardPruneCallback(Callback):
         backend_strict: bool = False,
         export_dir: str | None = None,
         score_at_prune: bool = True,
+        **targets: Any,
     ) -> None:
+        super().__init__(**targets)
         check_backend_name(backend)
         if at_epoch is not None and at_step is not None:
             raise ValueError(f"Set at most one of at_epoch ({at_epoch}) and at_step ({at_step}).")
@@ -85,7 +84,6 @@ class HardPruneCallback(Callback):
                 "point. Set one or the other."
             )
         self.after_admm = after_admm
-        self.spec = TargetSpec(pattern, include, exclude, pattern_overrides, strict)
         self.at_epoch, self.at_step = at_epoch, at_step
         self.backend, self.backend_strict = backend, backend_strict
         self.export_dir = export_dir
@@ -96,10 +94,6 @@ class HardPruneCallback(Callback):
         self.scores: dict[str, float] = {}
         self.follow_admm = False
         self._pending_state: dict[str, Any] | None = None
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(pattern=self.spec.pattern, include=self.spec.include)
 
     @property
     def pruned(self) -> bool:

@@ -8,7 +8,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
@@ -20,14 +19,15 @@ from callbacks._common import (
     restore_weights,
 )
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
+from callbacks._targeting import TargetingCallback
 from nxm_lightning.sparsity.admm import PENALTY_MODES, ADMMState, PenaltyMode, Saliency, ZStepStats
 from nxm_lightning.sparsity.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
-from nxm_lightning.sparsity.targets import Target, TargetSpec, describe_targets
+from nxm_lightning.sparsity.targets import Target, describe_targets
 
 EndListener = Callable[[pl.Trainer, pl.LightningModule, dict[str, torch.Tensor]], None]
 
 
-class NxMSparsifyCallback(Callback):
+class NxMSparsifyCallback(TargetingCallback):
     r"""Pull the targeted Linear weights towards N:M sparsity during fine-tuning with ADMM.
 
     Adds rho/2 ||W - Z + U||^2 to the objective of every targeted weight W, and every ``update_every`` optimizer
@@ -44,11 +44,8 @@ class NxMSparsifyCallback(Callback):
     the mask is free to move early and W sits on N:M at the end.
 
     Args:
-        pattern: N:M, N kept of every M consecutive input features (NVIDIA's order; the paper writes "MxN"). ``"2:4"``.
-        include / exclude: regexes over module names; default: every Linear of the transformer blocks. Heads and any
-            submodule named ``teacher`` are never targeted.
-        pattern_overrides: ``{regex: "N:M"}`` per-layer patterns, e.g. ``{"intermediate": "1:4"}``.
-        strict: error instead of warning for a layer whose ``in_features`` is not a multiple of M.
+        **targets: ``pattern`` (N:M, N kept of every M, NVIDIA's order; default ``"2:4"``), ``include``, ``exclude``,
+            ``pattern_overrides``, ``strict``: which layers, as in :class:`~callbacks._targeting.TargetingCallback`.
         rho: penalty weight (the first one when it grows). ``penalty="decoupled"``: the fraction of (W - Z + U)
             removed after each optimizer step (default 0.01); ``"gradient"``: 1e-3..1e-2 as in the paper.
         rho_factor / rho_max: multiply rho by ``rho_factor`` at each Z-step up to ``rho_max`` (1.0: constant);
@@ -74,18 +71,14 @@ class NxMSparsifyCallback(Callback):
     Example::
 
         # dense for the first quarter of training, ADMM until 60% (rho 0.01 -> 0.5), then prune and fine-tune
-        trainer = Trainer(callbacks=[NxMSparsifyCallback("2:4", penalty="decoupled", rho=0.01, rho_factor="auto",
+        trainer = Trainer(callbacks=[NxMSparsifyCallback(pattern="2:4", penalty="decoupled", rho=0.01, rho_factor="auto",
                                                          rho_max=0.5, update_every=20, start_fraction=0.25,
                                                          end_fraction=0.6), HardPruneCallback()])
     """
 
     def __init__(
         self,
-        pattern: str = "2:4",
-        include: list[str] | None = None,
-        exclude: list[str] | None = None,
-        pattern_overrides: dict[str, str] | None = None,
-        strict: bool = False,
+        *,
         rho: float = 0.01,
         rho_factor: float | Literal["auto"] = "auto",
         rho_max: float | None = 0.5,
@@ -103,7 +96,9 @@ class NxMSparsifyCallback(Callback):
         end_when_converged: bool = False,
         eval_pruned: bool = False,
         log_per_layer: bool = True,
+        **targets: Any,
     ) -> None:
+        super().__init__(**targets)
         if penalty not in PENALTY_MODES:
             raise ValueError(f"penalty={penalty!r} is not valid; choose one of {list(PENALTY_MODES)}.")
         if update_every is not None and update_every < 1:
@@ -124,7 +119,6 @@ class NxMSparsifyCallback(Callback):
             raise ValueError(
                 f"converged_flip_rate={converged_flip_rate} must be in [0, 1] and converged_residual={converged_residual} >= 0."
             )
-        self.spec = TargetSpec(pattern, include, exclude, pattern_overrides, strict)
         self.rho_factor = rho_factor
         self.admm_args = {"rho": rho, "rho_factor": 1.0 if rho_factor == "auto" else rho_factor, "rho_max": rho_max,
                           "penalty": penalty, "saliency": saliency}  # fmt: skip
@@ -143,10 +137,6 @@ class NxMSparsifyCallback(Callback):
         self.end_step: int | None = None
         self._pending_state: dict[str, Any] | None = None
         self._end_listeners: list[EndListener] = []
-
-    @property
-    def state_key(self) -> str:
-        return self._generate_state_key(pattern=self.spec.pattern, include=self.spec.include)
 
     def add_end_listener(self, listener: EndListener) -> None:
         """Call ``listener(trainer, pl_module, masks)`` when the ADMM phase ends, with the N:M masks a cut keeps under

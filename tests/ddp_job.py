@@ -45,7 +45,7 @@ def main() -> None:
     args = parser.parse_args()
     seed_everything(0)
     include = [r"^net\.[02]$"] if args.distill is None else None  # None: every Linear of the BERT encoder
-    sparsify = NxMSparsifyCallback("2:4", include=include, rho=0.05, penalty="decoupled", update_every=2, end_step=10)
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=include, rho=0.05, penalty="decoupled", update_every=2, end_step=10)
     prune = HardPruneCallback(backend="masked")
     callbacks = [sparsify, prune, Snapshot(args.out, sparsify, prune), ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True)]
     trainer = toy_trainer(args.out, callbacks, max_epochs=5, devices=2, strategy="ddp")

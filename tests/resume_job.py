@@ -45,7 +45,7 @@ def main() -> None:
     seed_everything(0)
     include = [r"^net\.[02]$"] if args.distill is None else None  # None: every Linear of the BERT encoder
     callbacks: list[Callback] = [
-        NxMSparsifyCallback("2:4", include=include, rho=0.05, penalty="decoupled", update_every=3, end_step=20),
+        NxMSparsifyCallback(pattern="2:4", include=include, rho=0.05, penalty="decoupled", update_every=3, end_step=20),
         HardPruneCallback(backend="masked"),
         RNGStateCallback(),
         ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True),

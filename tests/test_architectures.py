@@ -64,7 +64,7 @@ def test_default_targets(arch: str) -> None:
 @pytest.mark.parametrize("arch", list(ARCHITECTURES))
 def test_admm_prune_export_reload_verify(arch: str, tmp_path: Path) -> None:
     module = TinyClassifier(arch)
-    sparsify = NxMSparsifyCallback("2:4", update_every=2, end_step=8)
+    sparsify = NxMSparsifyCallback(pattern="2:4", update_every=2, end_step=8)
     prune = HardPruneCallback(backend="masked", export_dir=str(tmp_path / "export"))
     # 12 optimizer steps: ADMM with Z-steps at 2, 4, 6 and 8, the cut at step 8, masked fine-tuning to the end
     trainer = toy_trainer(tmp_path, [sparsify, prune], max_steps=12, enable_checkpointing=False)

@@ -35,7 +35,7 @@ def weights(module: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_admm_then_hard_prune_leaves_exact_nxm(tmp_path: Path) -> None:
     torch.manual_seed(0)
     model = ToyModule()
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.05, penalty="decoupled", update_every=2, end_fraction=0.5)
+    sparsify = NxMSparsifyCallback(include=INCLUDE, rho=0.05, penalty="decoupled", update_every=2, end_fraction=0.5)
     prune = HardPruneCallback(backend="masked")
     toy_trainer(tmp_path, [sparsify, prune], max_epochs=4).fit(model, toy_loader(), toy_loader(seed=1))
     assert sparsify.finished and prune.pruned
@@ -49,7 +49,7 @@ def test_admm_then_hard_prune_leaves_exact_nxm(tmp_path: Path) -> None:
 
 def test_residual_falls_during_admm(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.1, penalty="decoupled", update_every=4)
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.1, penalty="decoupled", update_every=4)
     residuals: list[float] = []
 
     def record(trainer, pl_module) -> None:  # noqa: ANN001
@@ -65,7 +65,7 @@ def test_residual_falls_during_admm(tmp_path: Path) -> None:
 
 def test_gradient_penalty_mode_adds_rho_times_violation(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient")
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient")
     model = ToyModule(lr=0.0)  # lr 0: weights stay, so the gradient can be checked after the hook
     seen: dict[str, torch.Tensor] = {}
 
@@ -75,7 +75,7 @@ def test_gradient_penalty_mode_adds_rho_times_violation(tmp_path: Path) -> None:
             sparsify.on_before_optimizer_step(trainer, pl_module, optimizer)
             seen["after"] = pl_module.net[0].weight.grad.clone()
 
-    spy = Spy("2:4", include=INCLUDE, penalty="gradient", rho_factor=1.0)
+    spy = Spy(pattern="2:4", include=INCLUDE, penalty="gradient", rho_factor=1.0)
     trainer = toy_trainer(tmp_path, [spy], max_steps=1)
     sparsify.setup(trainer, model, "fit")
     sparsify.admm.initialize()  # type: ignore[union-attr]
@@ -115,7 +115,7 @@ def test_prune_happens_at_fit_end_if_training_stops_early(tmp_path: Path) -> Non
 
 
 def test_sparsify_alone_warns_at_fit_end(tmp_path: Path) -> None:
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, update_every=2)
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, update_every=2)
     with pytest.warns(UserWarning, match="NOT exactly N:M"):
         toy_trainer(tmp_path, [sparsify], max_epochs=1).fit(ToyModule(), toy_loader())
 
@@ -126,7 +126,7 @@ def _resume_run(tmp_path: Path, interrupt: bool, start_step: int | None = None, 
     def callbacks() -> list:
         return [
             NxMSparsifyCallback(
-                "2:4",
+                pattern="2:4",
                 include=INCLUDE,
                 rho=0.05,
                 rho_factor="auto",
@@ -184,7 +184,7 @@ def test_dense_phase_then_admm_from_the_start_point(tmp_path: Path) -> None:
     plain = ToyModule()
     toy_trainer(tmp_path / "plain", [], max_steps=8).fit(plain, toy_loader())
     torch.manual_seed(0)
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.05, penalty="decoupled", update_every=4,
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.05, penalty="decoupled", update_every=4,
                                    start_step=8, end_step=24)  # fmt: skip
     probe = PhaseProbe(sparsify)
     toy_trainer(tmp_path / "admm", [sparsify, HardPruneCallback(backend="masked"), probe], max_epochs=4).fit(
@@ -200,7 +200,7 @@ def test_dense_phase_then_admm_from_the_start_point(tmp_path: Path) -> None:
 def _converging_run(tmp_path: Path, **kwargs: object) -> NxMSparsifyCallback:
     torch.manual_seed(0)
     args = dict(include=INCLUDE, penalty="decoupled", rho=0.01, rho_factor=1.0, update_every=4, start_step=16, end_step=96)
-    sparsify = NxMSparsifyCallback("2:4", **{**args, **kwargs})
+    sparsify = NxMSparsifyCallback(pattern="2:4", **{**args, **kwargs})
     toy_trainer(tmp_path, [sparsify, HardPruneCallback(backend="masked")], max_epochs=14).fit(ToyModule(), toy_loader())
     return sparsify
 
@@ -237,7 +237,7 @@ def test_end_when_converged_ends_the_phase_early(tmp_path: Path) -> None:
     ],
 )
 def test_phase_refused_before_training(tmp_path: Path, kwargs: dict, message: str) -> None:
-    sparsify = NxMSparsifyCallback("2:4", **{"include": INCLUDE, "rho_factor": 1.0, **kwargs})
+    sparsify = NxMSparsifyCallback(pattern="2:4", **{"include": INCLUDE, "rho_factor": 1.0, **kwargs})
     probe = PhaseProbe(sparsify)
     with pytest.raises(ValueError, match=message):
         toy_trainer(tmp_path, [sparsify, probe], max_epochs=2).fit(ToyModule(), toy_loader())
@@ -246,9 +246,9 @@ def test_phase_refused_before_training(tmp_path: Path, kwargs: dict, message: st
 
 def test_resume_refuses_other_pattern(tmp_path: Path) -> None:
     model = ToyModule()
-    first = NxMSparsifyCallback("2:4", include=INCLUDE, update_every=2)
+    first = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, update_every=2)
     toy_trainer(tmp_path, [first, ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=1).fit(model, toy_loader())
-    other = NxMSparsifyCallback("2:4", include=INCLUDE, pattern_overrides={"net.2": "1:4"}, update_every=2)
+    other = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, pattern_overrides={"net.2": "1:4"}, update_every=2)
     assert other.state_key == first.state_key  # the config's overrides were edited between the runs
     with pytest.raises(ValueError, match="another model or N:M pattern"):
         toy_trainer(tmp_path, [other], max_epochs=2).fit(ToyModule(), toy_loader(), ckpt_path=tmp_path / "last.ckpt")
@@ -285,7 +285,7 @@ def test_hard_prune_bad_arguments() -> None:
 
 
 def test_include_matching_nothing_is_an_error(tmp_path: Path) -> None:
-    sparsify = NxMSparsifyCallback("2:4", include=["attention"])
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=["attention"])
     with pytest.raises(ValueError, match=r"Candidate nn.Linear names: net.0, net.2, net.4"):
         toy_trainer(tmp_path, [sparsify]).fit(ToyModule(), toy_loader())
 
@@ -298,8 +298,8 @@ def test_export_before_prune_is_an_error() -> None:
 def test_two_instances_coexist_in_one_checkpoint(tmp_path: Path) -> None:
     def callbacks() -> list:
         return [
-            NxMSparsifyCallback("2:4", include=[r"^net\.0$"], rho=0.05, penalty="decoupled", update_every=2),
-            NxMSparsifyCallback("1:4", include=[r"^net\.2$"], rho=0.02, penalty="decoupled", update_every=3),
+            NxMSparsifyCallback(pattern="2:4", include=[r"^net\.0$"], rho=0.05, penalty="decoupled", update_every=2),
+            NxMSparsifyCallback(pattern="1:4", include=[r"^net\.2$"], rho=0.02, penalty="decoupled", update_every=3),
         ]
 
     first = callbacks()
@@ -337,8 +337,8 @@ def test_each_hard_prune_follows_the_sparsifier_with_its_targets(tmp_path: Path)
         (lambda: [HardPruneCallback(include=INCLUDE, after_admm=True)], r"after_admm=True\) follows an NxMSparsify"),
         (
             lambda: [
-                NxMSparsifyCallback("2:4", include=[r"^net\.0$"]),
-                NxMSparsifyCallback("1:4", include=[r"^net\.2$"]),
+                NxMSparsifyCallback(pattern="2:4", include=[r"^net\.0$"]),
+                NxMSparsifyCallback(pattern="1:4", include=[r"^net\.2$"]),
                 HardPruneCallback(include=INCLUDE),
             ],
             "several NxMSparsifyCallbacks and this HardPruneCallback's targets",
@@ -355,7 +355,7 @@ def test_the_link_to_the_sparsifier_is_checked_before_training(tmp_path: Path, c
 
 def test_after_admm_false_prunes_at_fit_start_beside_a_sparsifier(tmp_path: Path) -> None:
     prune = HardPruneCallback(include=INCLUDE, after_admm=False, backend="masked")
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, update_every=2)
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, update_every=2)
     model = ToyModule()
     steps: list[bool] = []
 

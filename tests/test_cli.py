@@ -60,6 +60,21 @@ def test_configs_parse_through_the_cli_parser(
     assert refused.value.code == 2 and "export_dri" in capsys.readouterr().err
 
 
+def test_both_sparsity_callbacks_list_the_targeting_arguments_with_their_defaults(
+    capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """They are declared once (callbacks/_targeting.py) and reach each callback through ``**targets``."""
+    monkeypatch.setattr(sys, "argv", ["cli.py"])
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--config", "glue.yaml", "--trainer.callbacks.pattern=1:4", "--print_config"])
+    callbacks = {c["class_path"]: c["init_args"] for c in yaml.safe_load(capsys.readouterr().out)["trainer"]["callbacks"]}
+    expected = {"include": None, "exclude": None, "pattern_overrides": None, "strict": False}
+    sparsify, prune = callbacks["callbacks.NxMSparsifyCallback"], callbacks["callbacks.HardPruneCallback"]
+    assert {key: sparsify[key] for key in expected} == expected == {key: prune[key] for key in expected}
+    # A command-line argument goes to the last callback given, here the HardPruneCallback.
+    assert (sparsify["pattern"], prune["pattern"]) == ("2:4", "1:4")
+
+
 def test_dense_fit_then_validate_reproduces_best(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
     args = common_args(tmp_path, glue_dir, str(tiny_bert))
     fitted = run_cli("fit", "--config", "glue_dense.yaml", *args, "--trainer.max_epochs=2",

@@ -52,7 +52,7 @@ def test_sharded_strategies_are_refused(strategy: str) -> None:
     trainer = FakeTrainer()
     trainer.strategy = FakeStrategy()  # type: ignore[attr-defined]
     with pytest.raises(ValueError, match="shards"):
-        NxMSparsifyCallback("2:4").setup(trainer, torch.nn.Module(), "fit")  # type: ignore[arg-type]
+        NxMSparsifyCallback(pattern="2:4").setup(trainer, torch.nn.Module(), "fit")  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("config_name", ["glue.yaml", "glue_kd.yaml"])

@@ -234,7 +234,7 @@ def test_train_mode_never_reaches_the_teacher(tiny_bert: Path) -> None:
 
 def test_sparsify_targets_only_student_layers(tiny_bert: Path, tmp_path: Path) -> None:
     module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert))
-    sparsify = NxMSparsifyCallback("2:4")
+    sparsify = NxMSparsifyCallback(pattern="2:4")
     sparsify.setup(toy_trainer(tmp_path, [sparsify]), module, "fit")
     names = [t.name for t in sparsify.targets]
     assert len(names) == 12  # 2 blocks x (query, key, value, attention output, intermediate, output)
@@ -299,7 +299,7 @@ def test_cached_logits_equal_fresh_ones_and_follow_the_teacher(tiny_bert: Path) 
 def test_distilled_student_is_pruned_2to4_exported_and_reloadable(tiny_bert: Path, tmp_path: Path) -> None:
     module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), learning_rate=1e-3, cache_teacher_logits=True)
     teacher_before = state(module.teacher)
-    sparsify = NxMSparsifyCallback("2:4", penalty="decoupled", rho=0.05, update_every=2, end_fraction=0.5)
+    sparsify = NxMSparsifyCallback(pattern="2:4", penalty="decoupled", rho=0.05, update_every=2, end_fraction=0.5)
     prune = HardPruneCallback(backend="masked", export_dir=str(tmp_path / "export"))
     checkpoint = ModelCheckpoint(tmp_path / "ckpt", save_last=True)
     trainer = toy_trainer(tmp_path, [sparsify, prune, checkpoint], max_epochs=2)

@@ -132,7 +132,7 @@ def test_16_mixed_penalty_and_fisher_use_true_gradients(tmp_path: Path, device: 
     loader = toy_loader(8)
     task_grad = fp16_task_gradients(model, next(iter(loader)), device)
     before = {name: model.get_submodule(name).weight.detach().clone() for name in TOY_TARGETS}
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient", saliency="fisher")
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient", saliency="fisher")
     trainer = fp16_mixed_trainer(tmp_path, [sparsify], device, init_scale=2.0**12)
     trainer.fit(model, loader)
     assert trainer.precision_plugin.scaler.get_scale() == 2.0**12  # no overflow: the step was taken
@@ -151,7 +151,7 @@ def test_16_mixed_overflow_step_is_left_out_of_the_fisher(tmp_path: Path, device
     torch.manual_seed(0)
     model = SGDToy(fused=False)
     before = {name: model.get_submodule(name).weight.detach().clone() for name in TOY_TARGETS}
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient", saliency="fisher")
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.5, rho_factor=1.0, penalty="gradient", saliency="fisher")
     trainer = fp16_mixed_trainer(tmp_path, [sparsify], device, init_scale=2.0**100)  # fp16 gradients overflow
     trainer.fit(model, toy_loader(8))
     assert trainer.precision_plugin.scaler.get_scale() == 2.0**99  # the scaler saw the Inf and backed off
@@ -244,7 +244,7 @@ def test_fp16_weights_are_refused_before_the_first_step(
         def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
             steps.append(trainer.global_step)
 
-    chosen = NxMSparsifyCallback("2:4", include=INCLUDE) if callback == "sparsify" else HardPruneCallback(include=INCLUDE)
+    chosen = NxMSparsifyCallback(pattern="2:4", include=INCLUDE) if callback == "sparsify" else HardPruneCallback(include=INCLUDE)
     model = ToyModule().half() if half_by_hand else ToyModule()
     with pytest.raises(ValueError, match=r"cannot fit fp16 weights .* Use precision '16-mixed' .* or 'bf16-mixed'"):
         toy_trainer(tmp_path, [chosen, Probe()], precision=precision).fit(model, toy_loader())
@@ -263,7 +263,7 @@ def test_hard_prune_validates_in_16_true(tmp_path: Path) -> None:
 
 def test_bf16_true_weights_converge_with_an_fp32_admm_state(tmp_path: Path) -> None:
     torch.manual_seed(0)
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.01, rho_max=0.5, update_every=4, start_step=16, end_step=96)
+    sparsify = NxMSparsifyCallback(include=INCLUDE, rho=0.01, rho_max=0.5, update_every=4, start_step=16, end_step=96)
     dtypes: set[tuple[torch.dtype, torch.dtype, torch.dtype]] = set()
 
     class Probe(Callback):
@@ -311,7 +311,7 @@ def pipeline_callbacks(out: Path) -> list[Callback]:
     """configs/glue.yaml in small: dense epoch 0, ADMM (fisher saliency) from epoch 1 to the end of epoch 2 (or until
     converged), cut, masked fine-tuning in epoch 3, export; checkpoints and RNG states for an exact resume."""
     return [
-        NxMSparsifyCallback("2:4", rho=0.05, rho_max=0.5, update_every=2, start_epoch=1, end_epoch=3, saliency="fisher"),
+        NxMSparsifyCallback(pattern="2:4", rho=0.05, rho_max=0.5, update_every=2, start_epoch=1, end_epoch=3, saliency="fisher"),
         HardPruneCallback(backend="auto", export_dir=str(out / "export")),
         RNGStateCallback(),
         ModelCheckpoint(dirpath=out / "ckpt", save_last=True),

@@ -34,7 +34,7 @@ class PoisonWeight(Callback):
 
 
 def test_nan_stops_the_run_naming_the_layer_and_no_checkpoint_keeps_it(tmp_path: Path) -> None:
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.01, update_every=2)
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.01, update_every=2)
     checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_last=True)
     trainer = toy_trainer(tmp_path, [PoisonWeight(step=2), sparsify, checkpoint])
     with pytest.raises(FloatingPointError, match=r"layer 'net.2'.*smaller rho or learning rate"):
@@ -45,7 +45,7 @@ def test_nan_stops_the_run_naming_the_layer_and_no_checkpoint_keeps_it(tmp_path:
 
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:
     callbacks = [
-        NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.01, update_every=2, end_step=20),
+        NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.01, update_every=2, end_step=20),
         HardPruneCallback(backend="masked"),
         ModelCheckpoint(dirpath=tmp_path, save_last=True),
     ]
@@ -62,7 +62,7 @@ def test_admm_dashboard_and_pruned_eval_on_tiny_bert(tmp_path: Path, glue_dir: P
                         max_seq_length=32, batch_size=8)  # fmt: skip
     module = SequenceClassificationModule(str(tiny_bert), "stsb", learning_rate=1e-4, warmup_ratio=0.0)
     logger = TensorBoardLogger(tmp_path, name="tb", default_hp_metric=False)
-    sparsify = NxMSparsifyCallback("2:4", rho=0.2, penalty="decoupled", update_every=2, eval_pruned=True)
+    sparsify = NxMSparsifyCallback(pattern="2:4", rho=0.2, penalty="decoupled", update_every=2, eval_pruned=True)
     trainer = Trainer(accelerator="cpu", max_epochs=3, logger=logger, callbacks=[sparsify], enable_progress_bar=False,
                       num_sanity_val_steps=0, enable_checkpointing=False, log_every_n_steps=1)  # fmt: skip
     with pytest.warns(UserWarning, match="NOT exactly N:M"):

@@ -42,7 +42,7 @@ def run(root: Path, loader_class: type, stop_at: int | None = None, resume: bool
     """Weights after the run: from the start (stopped at ``stop_at`` steps) or resumed from its last checkpoint."""
     torch.manual_seed(0)
     model = ToyModule(dropout=0.2)
-    sparsify = NxMSparsifyCallback("2:4", include=INCLUDE, rho=0.05, rho_factor="auto", rho_max=0.4,
+    sparsify = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, rho=0.05, rho_factor="auto", rho_max=0.4,
                                    penalty="decoupled", update_every=3, end_step=32)  # fmt: skip
     every = {"every_n_train_steps": 4} if stop_at is not None and stop_at % 8 else {"every_n_epochs": 1}
     callbacks = [sparsify, HardPruneCallback(backend="masked"), RNGStateCallback(),
