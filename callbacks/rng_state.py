@@ -27,8 +27,10 @@ class RNGStateCallback(Callback):
       the loader resumes its position and the states are restored at ``on_train_start``. A plain ``DataLoader``
       restarts the epoch's order from its beginning there; the callback warns.
 
-    Not exact (measured, Lightning 2.6, torchdata 0.11): a ``StatefulDataLoader`` resumed from an epoch-end
-    checkpoint, whose sampler keeps its own generator across epochs.
+    Not exact, and warned about: a loader whose sampler draws its order from its own ``torch.Generator`` (a
+    ``StatefulDataLoader`` with ``shuffle=True``, or any ``DataLoader(..., generator=g)``) resumed from an epoch-end
+    checkpoint. Lightning keeps the loader's state only for a mid-epoch resume (measured: Lightning 2.6, torchdata
+    0.11), so that generator starts again as the loader was built and the next epochs repeat earlier orders.
 
     States are stored as tensors and plain Python values, so checkpoints still load with ``weights_only=True``.
 
@@ -64,12 +66,20 @@ class RNGStateCallback(Callback):
         # validation end), or a stateful loader has resumed its position: restored again, before the first step.
         if self._pending is None:
             return
+        loader = trainer.train_dataloader
+        loaders = loader if isinstance(loader, list | tuple) else [loader]
+        progress = trainer.fit_loop.epoch_loop.batch_progress.current
+        mid_epoch = 0 < progress.ready < trainer.num_training_batches
+        if not mid_epoch and any(_sampler_generator(item) is not None for item in loaders):
+            rank_zero_warn(
+                "RNGStateCallback: resuming from an epoch-end checkpoint with a train loader whose sampler shuffles with "
+                "its own torch.Generator (a torchdata StatefulDataLoader, or a DataLoader given generator=...): Lightning "
+                "does not restore it there, so the next epochs see the examples in another order than the uninterrupted "
+                "run. For an exact resume, let a plain DataLoader shuffle with the global RNG (no generator argument)."
+            )
         if not trainer.fit_loop.resumed_on_epoch_end:
-            progress = trainer.fit_loop.epoch_loop.batch_progress.current
-            loader = trainer.train_dataloader
-            loaders = loader if isinstance(loader, list | tuple) else [loader]
             stateful = all(hasattr(item, "state_dict") and hasattr(item, "load_state_dict") for item in loaders)
-            if 0 < progress.ready < trainer.num_training_batches and not stateful:
+            if mid_epoch and not stateful:
                 rank_zero_warn(
                     "RNGStateCallback: resuming mid-epoch with a train DataLoader that Lightning cannot checkpoint: the "
                     "rest of this epoch sees the examples in another order than the uninterrupted run. For an exact "
@@ -87,3 +97,13 @@ class RNGStateCallback(Callback):
         torch.set_rng_state(self._pending["torch"])
         if "cuda" in self._pending and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(self._pending["cuda"])
+
+
+def _sampler_generator(loader: object) -> torch.Generator | None:
+    """The generator the loader's sampler shuffles with when it has its own (None: the global RNG, or no shuffling)."""
+    sampler = getattr(loader, "sampler", None)
+    batch_sampler = getattr(loader, "batch_sampler", None)
+    for candidate in (sampler, getattr(batch_sampler, "sampler", None)):
+        if isinstance(getattr(candidate, "generator", None), torch.Generator):
+            return candidate.generator
+    return None

@@ -3,6 +3,7 @@ module with dropout, both sparsity callbacks and RNGStateCallback, killed mid-AD
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -59,15 +60,27 @@ def run(root: Path, loader_class: type, stop_at: int | None = None, resume: bool
 def test_a_plain_shuffled_dataloader_resumes_exactly_from_an_epoch_end_checkpoint(tmp_path: Path) -> None:
     straight = run(tmp_path / "a", DataLoader)
     run(tmp_path / "b", DataLoader, stop_at=24)  # killed at the start of epoch 3, mid-ADMM
-    resumed = run(tmp_path / "b", DataLoader, stop_at=24, resume=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="RNGStateCallback")
+        resumed = run(tmp_path / "b", DataLoader, stop_at=24, resume=True)
     assert torch.equal(straight, resumed)
+
+
+def test_an_epoch_end_resume_with_a_sampler_of_its_own_generator_is_warned_about(tmp_path: Path) -> None:
+    """Lightning drops a StatefulDataLoader's state at an epoch-end resume, and with it its sampler's generator."""
+    stateful = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
+    run(tmp_path, stateful, stop_at=24)
+    with pytest.warns(UserWarning, match="epoch-end checkpoint with a train loader whose sampler shuffles with its own"):
+        run(tmp_path, stateful, stop_at=24, resume=True)
 
 
 def test_a_stateful_loader_resumes_exactly_mid_epoch_and_a_plain_one_is_warned_about(tmp_path: Path) -> None:
     stateful = pytest.importorskip("torchdata.stateful_dataloader").StatefulDataLoader
     straight = run(tmp_path / "a", stateful)
     run(tmp_path / "b", stateful, stop_at=20)  # checkpoint at step 20: mid-epoch 2, mid-ADMM
-    assert torch.equal(straight, run(tmp_path / "b", stateful, stop_at=20, resume=True))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="RNGStateCallback")
+        assert torch.equal(straight, run(tmp_path / "b", stateful, stop_at=20, resume=True))
     run(tmp_path / "c", DataLoader, stop_at=20)
     with pytest.warns(UserWarning, match="resuming mid-epoch with a train DataLoader that Lightning cannot checkpoint"):
         run(tmp_path / "c", DataLoader, stop_at=20, resume=True)
