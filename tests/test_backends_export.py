@@ -110,6 +110,59 @@ def test_semi_structured_matches_masked_on_gpu(dtype: torch.dtype) -> None:
     assert torch.allclose(sparse(x), nn.functional.linear(x, linear.weight, linear.bias), atol=2e-2, rtol=2e-2)
 
 
+def test_a_layer_chooses_its_backend_again_when_it_moves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """auto: masked on the CPU, semi-structured in the compute dtype where the kernels are, masked again off the GPU.
+
+    No GPU here: a float64 weight stands for "on a GPU with sparse tensor cores", and the semi-structured tensor is a
+    dense one, so what is checked is the layer's bookkeeping (backend, dtypes, output) across moves.
+    """
+    import nxm_lightning.sparsity.sparse_linear as sparse_linear
+
+    class FakeSemiStructured:
+        @staticmethod
+        def from_dense(weight: torch.Tensor) -> torch.Tensor:
+            return weight.clone()
+
+    def select_on_fake_gpu(requested: str, weight: torch.Tensor, *args: object, **kwargs: object) -> str:
+        if requested in ("masked", "packed"):
+            return requested
+        return "semi_structured" if weight.dtype == torch.float64 else "masked"
+
+    monkeypatch.setattr(sparse_linear, "select_backend", select_on_fake_gpu)
+    monkeypatch.setattr(sparse_linear, "_semi_structured_class", lambda: FakeSemiStructured)
+    linear = pruned_linear()
+    x = torch.randn(5, 64)
+    layer = NxMLinear.from_linear(linear, P24, "auto", compute_dtype=torch.bfloat16)
+    packed = NxMLinear.from_linear(linear, P24, "packed")
+    assert (layer.backend, packed.backend) == ("masked", "packed")
+    layer.double()  # "onto the GPU"
+    packed.double()
+    assert (layer.backend, packed.backend) == ("semi_structured", "packed")
+    assert layer.weight.dtype == layer.bias.dtype == torch.bfloat16  # held in the compute dtype, as the kernels need
+    expected = nn.functional.linear(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16()).float()
+    assert torch.equal(layer(x), expected)
+    layer.float()  # "back to the CPU"
+    rounded = nn.functional.linear(x, linear.weight.bfloat16().float(), linear.bias.bfloat16().float())
+    assert layer.backend == "masked" and torch.equal(layer(x), rounded)  # the weights as the GPU held them, in fp32
+    assert torch.equal(layer.dense_weight(), linear.weight.bfloat16().float())
+
+
+@pytest.mark.cuda
+def test_an_auto_layer_built_on_the_cpu_serves_semi_structured_once_on_the_gpu() -> None:
+    if torch.cuda.get_device_capability() < (8, 0):
+        pytest.skip("no sparse tensor cores")
+    linear = pruned_linear(256, 128)
+    x = torch.randn(64, 256)
+    layer = NxMLinear.from_linear(linear, P24, "auto", compute_dtype=torch.bfloat16)  # as on_fit_end builds it
+    assert layer.backend == "masked"
+    layer.cuda()
+    assert layer.backend == "semi_structured" and layer.weight.dtype == torch.bfloat16
+    expected = nn.functional.linear(x, linear.weight, linear.bias)
+    assert torch.allclose(layer(x.cuda()).cpu(), expected, atol=5e-2, rtol=5e-2)
+    layer.cpu()  # as Lightning's teardown does
+    assert layer.backend == "masked" and torch.allclose(layer(x), expected, atol=5e-2, rtol=5e-2)
+
+
 def _pruned_hf(tiny_bert: Path) -> tuple[nn.Module, dict[str, NxMPattern]]:
     model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
     targets = select_targets(model)
