@@ -10,8 +10,9 @@ from nxm_lightning.sparsity.targets import TargetSpec
 class TargetingCallback(Callback):
     """Base of :class:`NxMSparsifyCallback` and :class:`HardPruneCallback`: which layers they act on.
 
-    Subclasses take these arguments as ``**targets`` and pass them here, so LightningCLI lists them (with these
-    defaults and this help) under each subclass, and the two callbacks cannot drift apart.
+    Not a callback to use alone (it does nothing). Subclasses take these arguments as ``**targets`` and pass them
+    here, so LightningCLI lists them (with these defaults and this help) under each subclass, and the two callbacks
+    cannot drift apart.
 
     Args:
         pattern: N:M, N kept of every M consecutive input features (NVIDIA's order; the paper writes "MxN"). ``"2:4"``.

@@ -18,7 +18,7 @@ from nxm_lightning.sparsity.export import export_pretrained
 from nxm_lightning.sparsity.model_card import card_facts
 from nxm_lightning.sparsity.nxm import first_violation
 from nxm_lightning.sparsity.precision import compute_dtype
-from nxm_lightning.sparsity.sparse_linear import NxMLinear, check_backend_name, route_to_backend
+from nxm_lightning.sparsity.sparse_linear import NxMLinear, check_backend_name, reroute_to_backend, route_to_backend
 from nxm_lightning.sparsity.targets import Target
 
 
@@ -263,7 +263,13 @@ class HardPruneCallback(TargetingCallback):
     # ---- validate / test / predict from a pruned checkpoint -----------------------------------------------------
 
     def _route_if_pruned(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.state.fn == "fit" or any(isinstance(m, NxMLinear) for m in pl_module.modules()):
+        if trainer.state.fn == "fit":
+            return
+        if any(isinstance(m, NxMLinear) for m in pl_module.modules()):
+            # Routed before, maybe on another device (a GPU fit comes back on the CPU): decide again where it is now.
+            chosen = reroute_to_backend(pl_module, self.backend, self.backend_strict, compute_dtype(trainer.precision))
+            if chosen:
+                rank_zero_info(f"HardPruneCallback: routed layers now served by backend {', '.join(sorted(chosen))}.")
             return
         sparsify = self._sparsifier(trainer)
         targets = (sparsify.spec if sparsify is not None else self.spec).select(pl_module)

@@ -71,9 +71,9 @@ class NxMSparsifyCallback(TargetingCallback):
     Example::
 
         # dense for the first quarter of training, ADMM until 60% (rho 0.01 -> 0.5), then prune and fine-tune
-        trainer = Trainer(callbacks=[NxMSparsifyCallback(pattern="2:4", penalty="decoupled", rho=0.01, rho_factor="auto",
-                                                         rho_max=0.5, update_every=20, start_fraction=0.25,
-                                                         end_fraction=0.6), HardPruneCallback()])
+        sparsify = NxMSparsifyCallback(pattern="2:4", penalty="decoupled", rho=0.01, rho_factor="auto", rho_max=0.5,
+                                       update_every=20, start_fraction=0.25, end_fraction=0.6)
+        trainer = Trainer(callbacks=[sparsify, HardPruneCallback()])
     """
 
     def __init__(

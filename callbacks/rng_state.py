@@ -30,7 +30,8 @@ class RNGStateCallback(Callback):
     Not exact, and warned about: a loader whose sampler draws its order from its own ``torch.Generator`` (a
     ``StatefulDataLoader`` with ``shuffle=True``, or any ``DataLoader(..., generator=g)``) resumed from an epoch-end
     checkpoint. Lightning keeps the loader's state only for a mid-epoch resume (measured: Lightning 2.6, torchdata
-    0.11), so that generator starts again as the loader was built and the next epochs repeat earlier orders.
+    0.11), so that generator starts again as the loader was built and the next epochs repeat earlier orders. (A
+    sampler that reseeds its generator in ``set_epoch`` is exact there, and warned about all the same.)
 
     States are stored as tensors and plain Python values, so checkpoints still load with ``weights_only=True``.
 
@@ -67,9 +68,10 @@ class RNGStateCallback(Callback):
         if self._pending is None:
             return
         loader = trainer.train_dataloader
-        loaders = loader if isinstance(loader, list | tuple) else [loader]
+        loaders = list(loader.values()) if isinstance(loader, dict) else loader if isinstance(loader, list | tuple) else [loader]
         progress = trainer.fit_loop.epoch_loop.batch_progress.current
         mid_epoch = 0 < progress.ready < trainer.num_training_batches
+        # Measured inexact from the end of an epoch whether the checkpoint was written there or after validation.
         if not mid_epoch and any(_sampler_generator(item) is not None for item in loaders):
             rank_zero_warn(
                 "RNGStateCallback: resuming from an epoch-end checkpoint with a train loader whose sampler shuffles with "

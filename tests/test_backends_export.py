@@ -17,6 +17,7 @@ from nxm_lightning.sparsity.nxm import NxMPattern, nxm_project
 from nxm_lightning.sparsity.sparse_linear import (
     NxMLinear,
     pack_nxm,
+    reroute_to_backend,
     select_backend,
     semi_structured_unavailable_reason,
     unpack_nxm,
@@ -110,57 +111,61 @@ def test_semi_structured_matches_masked_on_gpu(dtype: torch.dtype) -> None:
     assert torch.allclose(sparse(x), nn.functional.linear(x, linear.weight, linear.bias), atol=2e-2, rtol=2e-2)
 
 
-def test_a_layer_chooses_its_backend_again_when_it_moves(monkeypatch: pytest.MonkeyPatch) -> None:
-    """auto: masked on the CPU, semi-structured in the compute dtype where the kernels are, masked again off the GPU.
+def test_reroute_serves_routed_layers_as_their_device_now_allows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A GPU fit comes back on the CPU (masked); on a GPU again the layers go semi-structured, and back to masked.
 
-    No GPU here: a float64 weight stands for "on a GPU with sparse tensor cores", and the semi-structured tensor is a
-    dense one, so what is checked is the layer's bookkeeping (backend, dtypes, output) across moves.
+    No GPU here: ``on_gpu`` stands for where the weights are, and the semi-structured tensor is a dense subclass, so
+    what is checked is the bookkeeping (which layers change, backends, dtypes, outputs).
     """
     import nxm_lightning.sparsity.sparse_linear as sparse_linear
 
-    class FakeSemiStructured:
+    class FakeSemiStructured(torch.Tensor):
         @staticmethod
         def from_dense(weight: torch.Tensor) -> torch.Tensor:
-            return weight.clone()
+            return weight.clone().as_subclass(FakeSemiStructured)
 
-    def select_on_fake_gpu(requested: str, weight: torch.Tensor, *args: object, **kwargs: object) -> str:
-        if requested in ("masked", "packed"):
-            return requested
-        return "semi_structured" if weight.dtype == torch.float64 else "masked"
+    on_gpu = False
 
-    monkeypatch.setattr(sparse_linear, "select_backend", select_on_fake_gpu)
+    def select_on_fake_device(requested: str, weight: torch.Tensor, *args: object, **kwargs: object) -> str:
+        return requested if requested in ("masked", "packed") else "semi_structured" if on_gpu else "masked"
+
+    monkeypatch.setattr(sparse_linear, "select_backend", select_on_fake_device)
     monkeypatch.setattr(sparse_linear, "_semi_structured_class", lambda: FakeSemiStructured)
-    linear = pruned_linear()
-    x = torch.randn(5, 64)
-    layer = NxMLinear.from_linear(linear, P24, "auto", compute_dtype=torch.bfloat16)
-    packed = NxMLinear.from_linear(linear, P24, "packed")
-    assert (layer.backend, packed.backend) == ("masked", "packed")
-    layer.double()  # "onto the GPU"
-    packed.double()
-    assert (layer.backend, packed.backend) == ("semi_structured", "packed")
-    assert layer.weight.dtype == layer.bias.dtype == torch.bfloat16  # held in the compute dtype, as the kernels need
+    linear, x = pruned_linear(), torch.randn(5, 64)
+    model = nn.Sequential(NxMLinear.from_linear(linear, P24, "auto"), nn.Identity())
+    packed = nn.Sequential(NxMLinear.from_linear(linear, P24, "packed"))
+    assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == set() and model[0].backend == "masked"
+    on_gpu = True
+    assert reroute_to_backend(packed, "packed", dtype=torch.bfloat16) == set()
+    assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == {"semi_structured"}
+    layer = model[0]
+    assert layer.backend == "semi_structured" and layer.weight.dtype == layer.bias.dtype == torch.bfloat16
     expected = nn.functional.linear(x.bfloat16(), linear.weight.bfloat16(), linear.bias.bfloat16()).float()
-    assert torch.equal(layer(x), expected)
-    layer.float()  # "back to the CPU"
+    assert torch.equal(model(x), expected)
+    assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == set() and model[0] is layer  # already sparse
+    # Off the GPU, torch makes a semi-structured weight dense (in its bf16): served masked, in the input's dtype.
+    layer.weight = nn.Parameter(layer.weight.as_subclass(torch.Tensor), requires_grad=False)
+    on_gpu = False
+    assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == {"masked"}
     rounded = nn.functional.linear(x, linear.weight.bfloat16().float(), linear.bias.bfloat16().float())
-    assert layer.backend == "masked" and torch.equal(layer(x), rounded)  # the weights as the GPU held them, in fp32
-    assert torch.equal(layer.dense_weight(), linear.weight.bfloat16().float())
+    assert model[0].backend == "masked" and torch.equal(model(x), rounded)
 
 
 @pytest.mark.cuda
-def test_an_auto_layer_built_on_the_cpu_serves_semi_structured_once_on_the_gpu() -> None:
+def test_an_auto_layer_routed_on_the_cpu_serves_semi_structured_on_the_gpu() -> None:
     if torch.cuda.get_device_capability() < (8, 0):
         pytest.skip("no sparse tensor cores")
-    linear = pruned_linear(256, 128)
-    x = torch.randn(64, 256)
-    layer = NxMLinear.from_linear(linear, P24, "auto", compute_dtype=torch.bfloat16)  # as on_fit_end builds it
-    assert layer.backend == "masked"
-    layer.cuda()
-    assert layer.backend == "semi_structured" and layer.weight.dtype == torch.bfloat16
+    linear, x = pruned_linear(256, 128), torch.randn(64, 256)
+    model = nn.Sequential(NxMLinear.from_linear(linear, P24, "auto", compute_dtype=torch.bfloat16))  # as fit end does
+    assert model[0].backend == "masked"
+    model.cuda()
+    assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == {"semi_structured"}
     expected = nn.functional.linear(x, linear.weight, linear.bias)
-    assert torch.allclose(layer(x.cuda()).cpu(), expected, atol=5e-2, rtol=5e-2)
-    layer.cpu()  # as Lightning's teardown does
-    assert layer.backend == "masked" and torch.allclose(layer(x), expected, atol=5e-2, rtol=5e-2)
+    assert model[0].weight.dtype == torch.bfloat16
+    assert torch.allclose(model(x.cuda()).float().cpu(), expected, atol=5e-2, rtol=5e-2)
+    model.cpu()  # as Lightning's teardown does
+    assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == {"masked"}
+    assert torch.allclose(model(x), expected, atol=5e-2, rtol=5e-2)
 
 
 def _pruned_hf(tiny_bert: Path) -> tuple[nn.Module, dict[str, NxMPattern]]:

@@ -106,6 +106,27 @@ def test_masked_fine_tuning_keeps_zeros_with_adamw(tmp_path: Path) -> None:
     assert changed.any()  # kept weights did train
 
 
+def test_validating_a_routed_model_decides_its_backend_again(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """After fit the layers are NxMLinear (masked on the CPU); a later validate re-decides where the model is now."""
+    import nxm_lightning.sparsity.sparse_linear as sparse_linear
+
+    model = ToyModule()
+    prune = HardPruneCallback(include=INCLUDE, backend="auto")
+    toy_trainer(tmp_path, [prune], max_epochs=1).fit(model, toy_loader())
+    assert {model.net[0].backend, model.net[2].backend} == {"masked"}
+    decided: list[str] = []
+
+    def select_as_on_a_gpu(requested: str, weight: torch.Tensor, *args: object, **kwargs: object) -> str:
+        decided.append(requested)
+        return "packed"  # any backend other than the current one: the layers must be rebuilt with it
+
+    monkeypatch.setattr(sparse_linear, "select_backend", select_as_on_a_gpu)
+    before = model.net[0].dense_weight().clone()
+    toy_trainer(tmp_path, [HardPruneCallback(include=INCLUDE, backend="auto")]).validate(model, toy_loader(seed=1))
+    assert decided[:2] == ["auto", "auto"] and {model.net[0].backend, model.net[2].backend} == {"packed"}
+    assert torch.equal(model.net[0].dense_weight(), before)
+
+
 def test_prune_happens_at_fit_end_if_training_stops_early(tmp_path: Path) -> None:
     prune = HardPruneCallback(include=INCLUDE, at_epoch=50, backend="masked")
     model = ToyModule()

@@ -148,24 +148,13 @@ class NxMLinear(nn.Module):
 
     Build it from a pruned ``nn.Linear`` with :meth:`from_linear`; :meth:`dense_weight` gives the weight back with
     exact zeros whatever the backend (for export and verification; ``semi_structured`` holds it in the compute dtype).
-
-    A layer built with ``auto`` or ``semi_structured`` chooses again whenever it moves (``.to``, ``.cuda``,
-    ``.cpu``): Lightning fits on the GPU but hands the model back on the CPU (``masked`` there), and a later
-    ``.cuda()`` (or ``trainer.validate`` on a GPU) serves it with sparse tensor cores again; leaving the GPU, torch
-    turns a semi-structured weight dense, which the layer then serves as ``masked``.
     """
 
-    def __init__(
-        self, in_features: int, out_features: int, pattern: NxMPattern, backend: str, requested: str | None = None,
-        compute_dtype: torch.dtype | None = None,
-    ) -> None:  # fmt: skip
+    def __init__(self, in_features: int, out_features: int, pattern: NxMPattern, backend: str) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.pattern = pattern
         self.backend = backend
-        # What the user asked for and the dtype to compute in: what a move re-decides the backend from.
-        self.requested = requested or backend
-        self.compute_dtype = compute_dtype
 
     @classmethod
     def from_linear(
@@ -183,37 +172,23 @@ class NxMLinear(nn.Module):
         """
         weight = linear.weight.detach()
         chosen = select_backend(backend, weight, pattern, strict=strict, compute_dtype=compute_dtype)
-        module = cls(linear.in_features, linear.out_features, pattern, chosen, backend, compute_dtype)
-        module._store(weight.clone(), None if linear.bias is None else linear.bias.detach().clone())
-        return module
-
-    def _store(self, weight: torch.Tensor, bias: torch.Tensor | None) -> None:
-        """Hold the dense N:M ``weight`` (and ``bias``) in the form ``self.backend`` computes with."""
-        if self.backend == "semi_structured" and self.compute_dtype is not None:
-            weight, bias = weight.to(self.compute_dtype), None if bias is None else bias.to(self.compute_dtype)
-        self.bias = None if bias is None else nn.Parameter(bias, requires_grad=False)
-        if self.backend == "packed":
-            values, positions = pack_nxm(weight, self.pattern)
-            self.register_buffer("values", values)
-            self.register_buffer("positions", positions)
-        elif self.backend == "semi_structured":
+        module = cls(linear.in_features, linear.out_features, pattern, chosen)
+        module.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
+        if chosen == "semi_structured" and compute_dtype is not None:
+            weight = weight.to(compute_dtype)
+            module.bias = None if module.bias is None else nn.Parameter(module.bias.to(compute_dtype), requires_grad=False)
+        if chosen == "packed":
+            values, positions = pack_nxm(weight, pattern)
+            module.register_buffer("values", values)
+            module.register_buffer("positions", positions)
+        elif chosen == "semi_structured":
             sparse = _semi_structured_class().from_dense(weight.contiguous())
-            self.weight = nn.Parameter(sparse, requires_grad=False)
+            module.weight = nn.Parameter(sparse, requires_grad=False)
         else:
-            if not bool((weight == weight * nxm_mask(weight, self.pattern.n, self.pattern.m)).all()):
-                raise ValueError(f"Weight is not {self.pattern}-sparse; prune it before building an NxMLinear.")
-            self.weight = nn.Parameter(weight, requires_grad=False)
-
-    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001, ANN202  (nn.Module's own signature)
-        super()._apply(fn, recurse)
-        if self.requested in ("auto", "semi_structured"):
-            weight = self.dense_weight()
-            # "auto" decides without a warning; the user's choice was warned about when the layer was built.
-            chosen = select_backend("auto", weight, self.pattern, compute_dtype=self.compute_dtype)
-            if chosen != self.backend:
-                self.backend = chosen
-                self._store(weight, None if self.bias is None else self.bias.detach())
-        return self
+            if not bool((weight == weight * nxm_mask(weight, pattern.n, pattern.m)).all()):
+                raise ValueError(f"Weight is not {pattern}-sparse; prune it before building an NxMLinear.")
+            module.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        return module
 
     def dense_weight(self) -> torch.Tensor:
         if self.backend == "packed":
@@ -232,7 +207,7 @@ class NxMLinear(nn.Module):
             # input's dtype (an fp32 model around bf16 sparse layers keeps working).
             out = F.linear(x.to(weight.dtype), weight, self.bias)
             return out if torch.is_autocast_enabled(x.device.type) else out.to(x.dtype)
-        bias = None if self.bias is None else self.bias.to(x.dtype)  # bf16 when it was served semi-structured before
+        bias = None if self.bias is None else self.bias.to(x.dtype)  # bf16 if it was served semi-structured before
         return F.linear(x, self.dense_weight().to(x.dtype), bias)
 
     def extra_repr(self) -> str:
@@ -269,5 +244,41 @@ def route_to_backend(
             continue
         sparse = NxMLinear.from_linear(as_linear(current), t.pattern, backend, strict, dtype)
         replace_module(root, t.name, sparse)
+        chosen.add(sparse.backend)
+    return chosen
+
+
+def reroute_to_backend(root: nn.Module, backend: str, strict: bool = False, dtype: torch.dtype | None = None) -> set[str]:
+    """Serve the :class:`NxMLinear` layers of ``root`` with ``backend`` as the device they are on now allows.
+
+    Lightning fits on a GPU but hands the model back on the CPU, where ``auto`` routed the layers to ``masked``; on a GPU
+    again (``trainer.validate``, or ``model.cuda()`` before this call) they can be served by sparse tensor cores. A
+    ``semi_structured`` layer that left the GPU holds a dense weight (torch's ``.cpu()`` makes it so) and becomes
+    ``masked``. Layers whose backend stays the same are left untouched.
+
+    Args:
+        root: the model, already on its device.
+        backend / strict / dtype: as :func:`route_to_backend`.
+
+    Returns:
+        The backends now serving the layers that changed.
+    """
+    chosen = set()
+    for name, layer in list(root.named_modules()):
+        if not isinstance(layer, NxMLinear) or isinstance(getattr(layer, "weight", None), _semi_structured_class()):
+            continue  # not ours, or already on the sparse kernels (densifying it only to decide would cost memory)
+        weight = layer.dense_weight()
+        decision = select_backend(backend, weight, layer.pattern, strict, compute_dtype=dtype)
+        if decision == layer.backend and decision != "semi_structured":
+            continue
+        linear = nn.Linear(
+            layer.in_features, layer.out_features, bias=layer.bias is not None, device=weight.device, dtype=weight.dtype
+        )
+        with torch.no_grad():
+            linear.weight.copy_(weight)
+            if layer.bias is not None:
+                linear.bias.copy_(layer.bias.to(weight.dtype))
+        sparse = NxMLinear.from_linear(linear, layer.pattern, backend, strict, dtype)
+        replace_module(root, name, sparse)
         chosen.add(sparse.backend)
     return chosen

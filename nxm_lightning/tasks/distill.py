@@ -170,7 +170,7 @@ class DistillationModule(SequenceClassificationModule):
     Example::
 
         module = DistillationModule(task_name="stsb", teacher="exports/glue_dense", alpha=0.5, temperature=2.0)
-        trainer = Trainer(callbacks=[NxMSparsifyCallback("2:4"), HardPruneCallback(export_dir="exports/glue_kd")])
+        trainer = Trainer(callbacks=[NxMSparsifyCallback(pattern="2:4"), HardPruneCallback(export_dir="exports/glue_kd")])
     """
 
     def __init__(
