@@ -20,11 +20,14 @@ import shlex
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from glue_study import REPO, make_record, read_scalars  # noqa: E402
+from glue_study import REPO, environment, read_scalars, run_metrics, write_record  # noqa: E402
 
 RECORDS = REPO / "benchmarks" / "records" / "main_job"
 # The issue's thresholds: the last Z-step's mask flip rate and primal residual, and the cost of the cut.
@@ -64,15 +67,30 @@ def cmd_run(args: argparse.Namespace) -> None:
     wall_s = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"the run failed (exit {result.returncode}); see {log}")
-    run_dir = run_root / args.label / "version_0"
-    record = make_record(method="nxm_main_job", task=args.task, seed=42, run_dir=run_dir, command=command,
-                         wall_s=wall_s, extra={"label": args.label, "convergence": convergence(run_dir),
-                                               "loadavg_at_end": os.getloadavg()})  # fmt: skip
-    RECORDS.mkdir(parents=True, exist_ok=True)
+    record = main_job_record(args.task, args.label, run_root / args.label / "version_0", command, wall_s)
     out = RECORDS / f"{args.label}.json"
-    out.write_text(json.dumps(record, indent=1))
+    write_record(out, record)
     print(summary_row(record))
     print(f"wrote {out}")
+
+
+def main_job_record(task: str, label: str, run_dir: Path, command: list[str], wall_s: float) -> dict[str, Any]:
+    """The record of one finished main job: its metrics, convergence, resolved config, command and environment."""
+    saved = run_dir / "config.yaml"
+    return {
+        "method": "nxm_main_job",
+        "task": task,
+        "seed": 42,
+        "metrics": run_metrics(run_dir),
+        "wall_s": round(wall_s, 1),
+        "command": shlex.join(["python", *command[1:]]),
+        "resolved_config": yaml.safe_load(saved.read_text()) if saved.exists() else None,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "label": label,
+        "convergence": convergence(run_dir),
+        "loadavg_at_end": os.getloadavg(),
+        "environment": environment(),
+    }
 
 
 def summary_row(record: dict[str, Any]) -> str:
