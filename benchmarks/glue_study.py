@@ -27,6 +27,9 @@ Run from the repository root (in the background: the whole study takes days on a
 
     nohup python benchmarks/glue_study.py run > study.log 2>&1 &
     python benchmarks/glue_study.py plan                  # what has finished, what runs next
+
+``run`` trains the runs that are ready two at a time (``--workers``), the cores shared among them (on 2 cores, two
+1-thread runs do more work than one 2-thread run: ``benchmarks/bench_parallel.py``).
     python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
 """
 
@@ -39,18 +42,18 @@ import hashlib
 import json
 import os
 import platform
-import resource
 import shlex
 import shutil
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import yaml
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -351,7 +354,19 @@ def current_record(spec: RunSpec) -> dict[str, Any] | None:
     return None
 
 
-def train(spec: RunSpec) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
+def run_command(command: list[str], log: IO[str], threads: int | None) -> tuple[int, float]:
+    """Run ``command`` to its end, output to ``log``: its exit status and CPU seconds (its own, whatever else runs).
+
+    ``threads``: torch's intra-op threads in the child (``OMP_NUM_THREADS``); None: torch's default (every core).
+    """
+    env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
+    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return process.returncode, usage.ru_utime + usage.ru_stime
+
+
+def train(spec: RunSpec, threads: int | None = None) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
     """Run ``spec`` from scratch; ``(command, wall s, CPU s, callback edits)``, or None when it failed."""
     command = spec.command()
     if spec.run_dir.exists():
@@ -359,33 +374,29 @@ def train(spec: RunSpec) -> tuple[list[str], float, float, dict[str, dict[str, A
     edits = spec.write_config()
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(command)}", flush=True)
-    start, cpu_start = time.monotonic(), _children_cpu_s()
+    start = time.monotonic()
     with open(spec.log_path, "w") as log:
         log.write(shlex.join(command) + "\n\n")
         log.flush()
-        status = subprocess.run(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
-    wall, cpu = time.monotonic() - start, _children_cpu_s() - cpu_start
+        status, cpu = run_command(command, log, threads)
+    wall = time.monotonic() - start
     if status != 0:
         print(f"[FAIL] {spec.name}: exit status {status} after {wall:.0f} s; see {spec.log_path}", flush=True)
         return None
     return command, wall, cpu, edits
 
 
-def _children_cpu_s() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
-
-
-def execute(spec: RunSpec, keep_checkpoints: bool = False) -> dict[str, Any] | None:
+def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None = None) -> dict[str, Any] | None:
     """Run ``spec`` unless it has a current record; write and return the record, or None when the run failed."""
     record = current_record(spec)
     if record is not None:
         return record
-    result = train(spec)
+    result = train(spec, threads)
     if result is None:
         return None
     command, wall, cpu, edits = result
-    record = make_record(spec, command, wall, cpu, {"callback_edits": edits, "run_fingerprint": run_fingerprint(spec)})
+    extra = {"callback_edits": edits, "run_fingerprint": run_fingerprint(spec), "threads": threads or torch_threads()}
+    record = make_record(spec, command, wall, cpu, extra)
     write_record(spec.record_path, record)
     if not keep_checkpoints:
         shutil.rmtree(spec.run_dir / "checkpoints", ignore_errors=True)
@@ -393,10 +404,10 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False) -> dict[str, Any] | N
     return record
 
 
-def rebuild_export(spec: RunSpec) -> bool:
+def rebuild_export(spec: RunSpec, threads: int | None = None) -> bool:
     """Run a recorded dense run again for its export (missing on a new machine); note the rebuild in its record."""
     print(f"[rebuild] {spec.name}: its export is missing; running its recorded command again", flush=True)
-    result = train(spec)
+    result = train(spec, threads)
     if result is None or not spec.export_dir.exists():
         return False
     record = json.loads(spec.record_path.read_text())
@@ -537,27 +548,42 @@ def steps_per_epoch(spec: RunSpec) -> int:
     return -(-examples // config["data"]["batch_size"])
 
 
+def torch_threads() -> int:
+    """The intra-op threads torch takes in a child by default: ``OMP_NUM_THREADS``, else every core."""
+    return int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
+
+
 def cmd_run(args: argparse.Namespace) -> None:
     study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets))
-    with study_lock(args.work_dir):
+    # Side by side, each run gets its share of the cores: on 2 cores, two 1-thread runs train 1.07-1.39x the examples
+    # per second of one 2-thread run (docs/BENCHMARKS.md), so the study's ready runs go two at a time.
+    threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
+    with study_lock(args.work_dir), ThreadPoolExecutor(args.workers) as pool:
+        running: dict[Future[dict[str, Any] | None], RunSpec] = {}
+        failed = False
         while True:
-            ran = False
-            for item in study.runs():
-                if isinstance(item, Waiting) or current_record(item) is not None:
+            for item in [] if failed else study.runs():
+                if len(running) >= args.workers:
+                    break
+                if isinstance(item, Waiting) or item.name in {r.name for r in running.values()} or current_record(item):
                     continue
                 if item.budget is not None:
                     dense = study.best_dense(item.task)
-                    if not dense.export_dir.exists() and not rebuild_export(dense):
+                    if not dense.export_dir.exists() and not rebuild_export(dense, threads):
                         print(f"[wait] {item.name}: the dense export {dense.export_dir} could not be rebuilt", flush=True)
                         continue
-                ran = execute(item, args.keep_checkpoints) is not None or ran
-                break  # plan again: this run may decide the next ones (the best dense model, a swept learning rate)
-            else:
-                print("[end ] nothing left to run (see `plan` for runs waiting on failed ones)", flush=True)
+                running[pool.submit(execute, item, args.keep_checkpoints, threads)] = item
+            if not running:
+                if failed:
+                    print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
+                else:
+                    print("[end ] nothing left to run (see `plan` for runs waiting on failed ones)", flush=True)
                 return
-            if not ran:
-                print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
-                return
+            # Plan again when one ends: it may decide the next runs (the best dense model, a swept learning rate).
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                del running[future]
+                failed = failed or future.result() is None
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -582,6 +608,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     run = sub.add_parser("run", parents=[common], help="run what has no record yet, in the plan's order")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
+    run.add_argument("--workers", type=int, default=2, help="runs side by side, the cores shared among them (default 2)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(
         func=cmd_plan

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -73,6 +74,47 @@ def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense
     assert len(names) == len(set(names)) == 3 + 6 + 2 * 4 - 2 + 1 + 2 * 2  # no run planned twice
 
 
+def test_run_trains_ready_runs_two_at_a_time_and_stops_launching_after_a_failure(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb", "rte"), seeds=(42,), budgets=("paper",),
+                  records_dir=tmp_path / "records")  # fmt: skip
+    monkeypatch.setattr(glue_study, "RECORDS", tmp_path / "records")
+    monkeypatch.setattr(glue_study, "Study", lambda *args, **kwargs: study)
+    lock = threading.Lock()
+    launched: list[tuple[str, int | None, bool]] = []
+    active: list[str] = []
+    most_at_once = 0
+
+    def fake_execute(spec: RunSpec, keep_checkpoints: bool, threads: int | None) -> dict | None:
+        nonlocal most_at_once
+        with lock:
+            stsb_grid_done = all(study.record(s) for s in study.dense_grid("stsb"))
+            launched.append((spec.name, threads, stsb_grid_done))
+            active.append(spec.name)
+            most_at_once = max(most_at_once, len(active))
+        time.sleep(0.5)  # longer than planning the next runs (which reads the data files)
+        with lock:
+            active.remove(spec.name)
+            if len(launched) >= 8:
+                return None  # a failed run
+            record = finish(study, spec, 80.0 + len(launched))
+            record["run_fingerprint"] = glue_study.run_fingerprint(spec)
+            glue_study.write_record(spec.record_path, record)
+            return record
+
+    monkeypatch.setattr(glue_study, "execute", fake_execute)
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    glue_study.main(["run", "--work-dir", str(tmp_path / "work"), "--tasks", "stsb", "rte", "--seeds", "42",
+                     "--budgets", "paper", "--workers", "2"])  # fmt: skip
+    names = [name for name, _, _ in launched]
+    assert most_at_once == 2 and {threads for _, threads, _ in launched} == {1}
+    assert names[:2] == [s.name for s in study.dense_grid("stsb")[:2]]  # both ready at the start
+    assert all(done for name, _, done in launched if "_paper_" in name)  # the sweep waited for the whole dense grid
+    assert any("_rte_" in name for name in names[:6]), names  # another task's dense grid filled the second worker meanwhile
+    assert len(launched) <= 9  # after the failure, only the run already in flight finished
+
+
 def test_a_short_task_gets_a_shorter_zstep_interval_for_twenty_zsteps() -> None:
     def spec(task: str, method: str = "nxm") -> RunSpec:
         return RunSpec(method, task, 42, 10, 1e-4, Path("/w"), "../shared/data/glue", "paper")
@@ -92,9 +134,7 @@ def test_a_record_stays_current_on_another_machine_and_goes_stale_when_the_run_c
     assert glue_study.run_fingerprint(spec) == glue_study.run_fingerprint(elsewhere)
     glue_study.write_record(spec.record_path, {"run_fingerprint": glue_study.run_fingerprint(spec)})
     started: list[list[str]] = []
-    monkeypatch.setattr(
-        glue_study.subprocess, "run", lambda command, **kw: started.append(command) or argparse.Namespace(returncode=1)
-    )
+    monkeypatch.setattr(glue_study, "run_command", lambda command, log, threads: started.append(command) or (1, 0.0))
     assert glue_study.execute(elsewhere) is not None and started == []
     spec.epochs = 3  # another budget under the same name: the record is stale, the run starts again (and fails here)
     assert glue_study.execute(spec) is None and len(started) == 1
@@ -207,17 +247,13 @@ def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monke
     spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
     glue_study.write_record(spec.record_path, {"name": spec.name, "metrics": {"best_score": 60.0}})
 
-    real_run = glue_study.subprocess.run
-
-    def rerun(command: list[str], **kwargs: object) -> object:
-        if command[0] == "git":  # the record's environment
-            return real_run(command, **kwargs)
+    def rerun(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
         assert command == spec.command()
         spec.export_dir.mkdir(parents=True)
         write_events(spec.run_dir, {"val/score": [(78, 59.0), (156, 60.5)]})
-        return argparse.Namespace(returncode=0)
+        return 0, 1.0
 
-    monkeypatch.setattr(glue_study.subprocess, "run", rerun)
+    monkeypatch.setattr(glue_study, "run_command", rerun)
     assert glue_study.rebuild_export(spec)
     record = json.loads(spec.record_path.read_text())
     assert record["metrics"]["best_score"] == 60.0 and [r["best_score"] for r in record["rebuilds"]] == [60.5]
