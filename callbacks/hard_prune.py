@@ -37,7 +37,9 @@ class HardPruneCallback(TargetingCallback):
     (AdamW's moments and weight decay would move them otherwise). Checkpoints saved before the cut are dense, so the
     ModelCheckpoint "best" tracking restarts at the cut. At fit end the pruned Linear layers become
     :class:`~nxm_lightning.sparsity.sparse_linear.NxMLinear` with ``backend``, and ``export_dir`` (if set) receives a Hugging Face
-    folder plus ``sparsity.json``; the same routing happens when a pruned checkpoint is validated, tested or predicted.
+    folder plus ``sparsity.json``; the same routing happens when a pruned checkpoint is validated, tested or predicted,
+    and a model routed before is routed again there for the device it is on now (Lightning hands a GPU-fitted model
+    back on the CPU, routed ``masked``; validated on a GPU it gets ``semi_structured`` where ``backend`` allows).
 
     Args:
         **targets: ``pattern`` (N:M, N kept of every M, NVIDIA's order; default ``"2:4"``), ``include``, ``exclude``,
