@@ -213,12 +213,14 @@ class RunSpec:
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run's TensorBoard event files, as ``{tag: [(step, value), ...]}`` in step order."""
     scalars: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):  # named by creation time: the attempts in order
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
         for tag in accumulator.Tags()["scalars"]:
-            scalars.setdefault(tag, []).extend((e.step, float(e.value)) for e in accumulator.Scalars(tag))
-    return {tag: sorted(values) for tag, values in scalars.items()}
+            values = sorted((e.step, float(e.value)) for e in accumulator.Scalars(tag))
+            # A resumed attempt logs again from its checkpoint's step: what the killed one logged from there is void.
+            scalars[tag] = [item for item in scalars.get(tag, []) if item[0] < values[0][0]] + values
+    return scalars
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
@@ -367,10 +369,21 @@ def run_command(command: list[str], log: IO[str], threads: int | None) -> tuple[
 
 
 def train(spec: RunSpec, threads: int | None = None) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
-    """Run ``spec`` from scratch; ``(command, wall s, CPU s, callback edits)``, or None when it failed."""
+    """Run ``spec``; ``(command, wall s, CPU s, callback edits)``, or None when it failed.
+
+    An attempt of the same run that was killed (the session ended) resumes from its ``last.ckpt`` (written at every
+    epoch end; the resume is exact, see README "Reliability"); anything else starts from scratch.
+    """
     command = spec.command()
-    if spec.run_dir.exists():
-        shutil.rmtree(spec.run_dir)  # an interrupted attempt: start it again from scratch
+    last, marker = spec.run_dir / "checkpoints" / "last.ckpt", spec.run_dir / "fingerprint"
+    if last.exists() and marker.exists() and marker.read_text() == run_fingerprint(spec):
+        command += ["--ckpt_path", str(last)]
+        print(f"[resume] {spec.name}: from {last}", flush=True)
+    else:
+        if spec.run_dir.exists():
+            shutil.rmtree(spec.run_dir)  # another run's or too early to resume: start again from scratch
+        spec.run_dir.mkdir(parents=True)
+        marker.write_text(run_fingerprint(spec))
     edits = spec.write_config()
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(command)}", flush=True)

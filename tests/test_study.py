@@ -257,3 +257,33 @@ def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monke
     assert glue_study.rebuild_export(spec)
     record = json.loads(spec.record_path.read_text())
     assert record["metrics"]["best_score"] == 60.0 and [r["best_score"] for r in record["rebuilds"]] == [60.5]
+
+
+def test_a_killed_run_resumes_from_its_last_checkpoint_and_its_void_events_are_dropped(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
+    commands: list[list[str]] = []
+
+    def attempt(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
+        commands.append(command)
+        if len(commands) == 1:  # killed after its checkpoint at step 156, having logged up to step 180
+            (spec.run_dir / "checkpoints").mkdir()
+            (spec.run_dir / "checkpoints" / "last.ckpt").write_text("checkpoint")
+            write_events(spec.run_dir, {"val/score": [(78, 50.0), (156, 55.0)], "train/loss": [(150, 0.75), (180, 0.5)]})
+            return -9, 1.0
+        write_events(spec.run_dir, {"val/score": [(234, 58.0)], "train/loss": [(160, 0.625), (190, 0.375)]})
+        return 0, 1.0
+
+    monkeypatch.setattr(glue_study, "run_command", attempt)
+    assert glue_study.train(spec) is None
+    assert glue_study.train(spec) is not None
+    last = str(spec.run_dir / "checkpoints" / "last.ckpt")
+    assert "--ckpt_path" not in commands[0] and commands[1][-2:] == ["--ckpt_path", last]
+    scalars = glue_study.read_scalars(spec.run_dir)
+    assert scalars["val/score"] == [(78, 50.0), (156, 55.0), (234, 58.0)]
+    assert scalars["train/loss"] == [(150, 0.75), (160, 0.625), (190, 0.375)]  # step 180 of the killed attempt is void
+    # The same name with another config (here another budget) is another run: it starts from scratch.
+    spec.epochs = 3
+    glue_study.train(spec)
+    assert "--ckpt_path" not in commands[2] and not (spec.run_dir / "checkpoints").exists()
