@@ -5,7 +5,8 @@ Every run is ``python cli.py fit --config <copy of configs/*.yaml> <overrides>``
 exactly what users run. A finished run writes ``benchmarks/records/study/<name>.json`` (committed: the metrics read
 from the run's TensorBoard events, the wall and CPU time, the exact command, the resolved config, the package
 versions); a rerun skips every run with a current record, so the study resumes where it stopped, on this machine or
-another. Runs, exports and logs go to the work dir (``benchmarks/results/study``, not committed); a dense export that
+another, and a run killed midway (its session ended) resumes from its last epoch's checkpoint when its work dir is
+still there. Runs, exports and logs go to the work dir (``benchmarks/results/study``, not committed); a dense export that
 a sparse run needs and that is missing (a new machine) is rebuilt by running its record's command again.
 
 The plan, in the order it runs (each task in turn, so that a partial study gives whole tasks):
