@@ -7,8 +7,8 @@ Each round measures both ways on the main job's training steps (``configs/glue.y
 - ``one``: a worker process with ``torch.set_num_threads(2)`` trains ``--steps`` steps;
 - ``two``: two worker processes with one thread each, started together, each training ``--steps`` steps.
 
-A worker loads the model and data, takes ``--warmup`` untimed steps, then times its steps and reports examples per
-second; ``two``'s throughput is the sum of its workers'. The order of the two alternates each round; reported are
+A worker loads the model and data, takes ``--warmup`` untimed steps, waits until every worker of its way is as far,
+then times its steps and reports examples per second; ``two``'s throughput is the sum of its workers'. The order of the two alternates each round; reported are
 each round's ratio two/one and their median. Run it on an idle machine (the study paused: ``kill -STOP``), from the
 repository root::
 
@@ -46,6 +46,8 @@ def worker(glue_dir: Path, threads: int, offset: int, steps: int, warmup: int) -
     chosen = [batches[(offset + i) % len(batches)] for i in range(warmup + steps)]
     for batch in chosen[:warmup]:
         trainee.step(batch)
+    print("ready", flush=True)  # then wait for the parent's "go": the ways' workers time the same window
+    sys.stdin.readline()
     start = now()
     for batch in chosen[warmup:]:
         trainee.step(batch)
@@ -59,8 +61,16 @@ def measure(way: str, glue_dir: Path, steps: int, warmup: int, offset: int) -> d
     commands = [[sys.executable, "-m", "benchmarks.bench_parallel", "--worker", "--glue-dir", str(glue_dir),
                  "--threads", str(threads), "--offset", str(offset + i * steps), "--steps", str(steps),
                  "--warmup", str(warmup)] for i in range(processes)]  # fmt: skip
-    running = [subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True) for command in commands]
+    running = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+               for command in commands]  # fmt: skip
+    for process in running:  # every worker loaded and warmed up before any starts its clock
+        while process.stdout.readline().strip() != "ready":
+            if process.poll() is not None:
+                raise SystemExit(f"a {way} worker failed (exit {process.returncode}); run it alone to see why")
     reports = []
+    for process in running:
+        process.stdin.write("go\n")
+        process.stdin.flush()
     for process in running:
         out, _ = process.communicate()
         if process.returncode != 0:

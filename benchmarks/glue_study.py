@@ -28,10 +28,11 @@ Run from the repository root (in the background: the whole study takes days on a
 
     nohup python benchmarks/glue_study.py run > study.log 2>&1 &
     python benchmarks/glue_study.py plan                  # what has finished, what runs next
+    python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
 
 ``run`` trains the runs that are ready two at a time (``--workers``), the cores shared among them (on 2 cores, two
-1-thread runs do more work than one 2-thread run: ``benchmarks/bench_parallel.py``).
-    python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
+1-thread runs do more work than one 2-thread run: ``benchmarks/bench_parallel.py``). ``kill <driver>`` stops its
+runs too; they resume from their last epoch's checkpoint at the next ``run``.
 """
 
 from __future__ import annotations
@@ -41,13 +42,17 @@ import contextlib
 import fcntl
 import hashlib
 import json
+import math
 import os
 import platform
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
@@ -214,14 +219,18 @@ class RunSpec:
 def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
     """Every scalar of the run's TensorBoard event files, as ``{tag: [(step, value), ...]}`` in step order."""
     scalars: dict[str, list[tuple[int, float]]] = {}
-    for events in sorted(run_dir.glob("events.out.tfevents.*")):  # named by creation time: the attempts in order
+    resumes = read_resumes(run_dir)
+    for events in sorted(run_dir.glob("events.out.tfevents.*")):
         accumulator = EventAccumulator(str(events), size_guidance={"scalars": 0})
         accumulator.Reload()
-        for tag in accumulator.Tags()["scalars"]:
-            values = sorted((e.step, float(e.value)) for e in accumulator.Scalars(tag))
-            # A resumed attempt logs again from its checkpoint's step: what the killed one logged from there is void.
-            scalars[tag] = [item for item in scalars.get(tag, []) if item[0] < values[0][0]] + values
-    return scalars
+        series = {tag: accumulator.Scalars(tag) for tag in accumulator.Tags()["scalars"]}
+        written_from = min((e.wall_time for values in series.values() for e in values), default=math.inf)
+        # What a stopped attempt logged after the checkpoint that the next attempt resumed from is void: that one logs
+        # those steps again, maybe otherwise.
+        void_after = min((checkpoint for checkpoint, resumed in resumes if written_from < resumed), default=math.inf)
+        for tag, values in series.items():
+            scalars.setdefault(tag, []).extend((e.step, float(e.value)) for e in values if e.wall_time <= void_after)
+    return {tag: sorted(values) for tag, values in scalars.items() if values}
 
 
 def run_metrics(run_dir: Path) -> dict[str, Any]:
@@ -328,16 +337,44 @@ def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, 
 # ---- running ------------------------------------------------------------------------------------------------------
 
 
+# The lock's descriptor, inherited by every training child: a second driver is refused while any run of this one still
+# trains, even one orphaned by a killed driver (flock holds until the last descriptor of the open file closes).
+_lock_fds: tuple[int, ...] = ()
+# The training children alive now, to stop on the driver's exit; and whether the driver is stopping (a run it stops
+# then is resumable, not failed).
+_children: set[subprocess.Popen[bytes]] = set()
+_children_lock = threading.Lock()
+_stopping = threading.Event()
+
+
 @contextlib.contextmanager
 def study_lock(work_dir: Path) -> Iterator[None]:
-    """Hold ``<work>/study.lock`` so that a second study process cannot train at the same time."""
+    """Hold ``<work>/study.lock`` (and pass it to every training child) so that a second study process cannot train
+    in the same work dir at the same time."""
+    global _lock_fds
     work_dir.mkdir(parents=True, exist_ok=True)
     with open(work_dir / "study.lock", "w") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise SystemExit(f"Another study process holds {work_dir / 'study.lock'}; one training run at a time.") from None
-        yield
+            raise SystemExit(
+                f"Another study process (or a run it left training) holds {work_dir / 'study.lock'}; one study per work "
+                "dir at a time."
+            ) from None
+        _lock_fds = (handle.fileno(),)
+        try:
+            yield
+        finally:
+            _lock_fds = ()
+
+
+def stop_children() -> None:
+    """Stop the training children (SIGTERM, then wait): their runs resume from their last checkpoint next time."""
+    _stopping.set()
+    with _children_lock:
+        children = list(_children)
+    for child in children:
+        child.terminate()
 
 
 def current_record(spec: RunSpec) -> dict[str, Any] | None:
@@ -363,8 +400,16 @@ def run_command(command: list[str], log: IO[str], threads: int | None) -> tuple[
     ``threads``: torch's intra-op threads in the child (``OMP_NUM_THREADS``); None: torch's default (every core).
     """
     env = None if threads is None else {**os.environ, "OMP_NUM_THREADS": str(threads)}
-    process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env)
-    _, status, usage = os.wait4(process.pid, 0)
+    with _children_lock:
+        if _stopping.is_set():
+            return -signal.SIGTERM, 0.0
+        process = subprocess.Popen(command, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=env, pass_fds=_lock_fds)
+        _children.add(process)
+    try:
+        _, status, usage = os.wait4(process.pid, 0)
+    finally:
+        with _children_lock:
+            _children.discard(process)
     process.returncode = os.waitstatus_to_exitcode(status)
     return process.returncode, usage.ru_utime + usage.ru_stime
 
@@ -372,32 +417,49 @@ def run_command(command: list[str], log: IO[str], threads: int | None) -> tuple[
 def train(spec: RunSpec, threads: int | None = None) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
     """Run ``spec``; ``(command, wall s, CPU s, callback edits)``, or None when it failed.
 
-    An attempt of the same run that was killed (the session ended) resumes from its ``last.ckpt`` (written at every
-    epoch end; the resume is exact, see README "Reliability"); anything else starts from scratch.
+    A run stopped midway (its session ended, or the driver was stopped) resumes from its ``last.ckpt``, written at
+    every epoch end, when its config and command are unchanged (``<run dir>/fingerprint``); a run whose fit finished
+    but whose record was not written is not trained again (``fit_done.json``). Anything else, a failed run included,
+    starts from scratch. Wall and CPU seconds are those of the last attempt; ``resumes.json`` lists the others' ends.
     """
     command = spec.command()
-    last, marker = spec.run_dir / "checkpoints" / "last.ckpt", spec.run_dir / "fingerprint"
-    if last.exists() and marker.exists() and marker.read_text() == run_fingerprint(spec):
-        command += ["--ckpt_path", str(last)]
+    last, marker, done = (spec.run_dir / name for name in ("checkpoints/last.ckpt", "fingerprint", "fit_done.json"))
+    resumable = marker.exists() and marker.read_text() == run_fingerprint(spec)
+    edits = spec.write_config()
+    if resumable and done.exists():
+        finished = json.loads(done.read_text())
+        return command, finished["wall_s"], finished["cpu_s"], edits
+    if resumable and last.exists():
+        resumes = [*read_resumes(spec.run_dir), (last.stat().st_mtime, time.time())]
+        (spec.run_dir / "resumes.json").write_text(json.dumps(resumes))
         print(f"[resume] {spec.name}: from {last}", flush=True)
     else:
         if spec.run_dir.exists():
-            shutil.rmtree(spec.run_dir)  # another run's or too early to resume: start again from scratch
+            shutil.rmtree(spec.run_dir)
         spec.run_dir.mkdir(parents=True)
         marker.write_text(run_fingerprint(spec))
-    edits = spec.write_config()
+    attempt = command + (["--ckpt_path", str(last)] if resumable and last.exists() else [])
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
-    print(f"[run ] {spec.name}: {shlex.join(command)}", flush=True)
+    print(f"[run ] {spec.name}: {shlex.join(attempt)}", flush=True)
     start = time.monotonic()
-    with open(spec.log_path, "w") as log:
-        log.write(shlex.join(command) + "\n\n")
+    with open(spec.log_path, "a" if len(attempt) > len(command) else "w") as log:
+        log.write(shlex.join(attempt) + "\n\n")
         log.flush()
-        status, cpu = run_command(command, log, threads)
+        status, cpu = run_command(attempt, log, threads)
     wall = time.monotonic() - start
     if status != 0:
+        if not _stopping.is_set():
+            marker.unlink(missing_ok=True)  # failed, not stopped: the next attempt starts from scratch (code fixed)
         print(f"[FAIL] {spec.name}: exit status {status} after {wall:.0f} s; see {spec.log_path}", flush=True)
         return None
+    done.write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
     return command, wall, cpu, edits
+
+
+def read_resumes(run_dir: Path) -> list[tuple[float, float]]:
+    """For each resume of the run: when the checkpoint it resumed from was written, and when it started (epoch s)."""
+    path = run_dir / "resumes.json"
+    return [tuple(pair) for pair in json.loads(path.read_text())] if path.exists() else []
 
 
 def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None = None) -> dict[str, Any] | None:
@@ -409,7 +471,8 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
     if result is None:
         return None
     command, wall, cpu, edits = result
-    extra = {"callback_edits": edits, "run_fingerprint": run_fingerprint(spec), "threads": threads or torch_threads()}
+    extra = {"callback_edits": edits, "run_fingerprint": run_fingerprint(spec), "threads": threads or torch_threads(),
+             "resumed": len(read_resumes(spec.run_dir))}  # fmt: skip
     record = make_record(spec, command, wall, cpu, extra)
     write_record(spec.record_path, record)
     if not keep_checkpoints:
@@ -563,8 +626,24 @@ def steps_per_epoch(spec: RunSpec) -> int:
 
 
 def torch_threads() -> int:
-    """The intra-op threads torch takes in a child by default: ``OMP_NUM_THREADS``, else every core."""
-    return int(os.environ.get("OMP_NUM_THREADS", 0)) or os.cpu_count() or 1
+    """The intra-op threads torch takes in a child by default: ``OMP_NUM_THREADS``, else every core it may use."""
+    with contextlib.suppress(ValueError):
+        return max(1, int(os.environ.get("OMP_NUM_THREADS", "")))
+    return len(os.sched_getaffinity(0))
+
+
+def execute_or_fail(spec: RunSpec, keep_checkpoints: bool, threads: int | None) -> dict[str, Any] | None:
+    """:func:`execute`, with an error (a run's unreadable events, say) reported at once as the run's failure."""
+    try:
+        return execute(spec, keep_checkpoints, threads)
+    except Exception:
+        traceback.print_exc()
+        print(f"[FAIL] {spec.name}: the error above", flush=True)
+        return None
+
+
+def _stop_on_sigterm(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -572,32 +651,44 @@ def cmd_run(args: argparse.Namespace) -> None:
     # Side by side, each run gets its share of the cores: on 2 cores, two 1-thread runs train 1.07-1.39x the examples
     # per second of one 2-thread run (docs/BENCHMARKS.md), so the study's ready runs go two at a time.
     threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
-    with study_lock(args.work_dir), ThreadPoolExecutor(args.workers) as pool:
-        running: dict[Future[dict[str, Any] | None], RunSpec] = {}
-        failed = False
-        while True:
-            for item in [] if failed else study.runs():
-                if len(running) >= args.workers:
-                    break
-                if isinstance(item, Waiting) or item.name in {r.name for r in running.values()} or current_record(item):
+    signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill <driver>` stops its runs too (resumable next time)
+    try:
+        with study_lock(args.work_dir), ThreadPoolExecutor(args.workers) as pool:
+            try:
+                run_study(study, pool, args.workers, args.keep_checkpoints, threads)
+            finally:
+                stop_children()
+    finally:
+        _stopping.clear()  # the runs have ended: a later failure in this process is a failure again
+
+
+def run_study(study: Study, pool: ThreadPoolExecutor, workers: int, keep_checkpoints: bool, threads: int | None) -> None:
+    """Keep ``workers`` ready runs training until nothing is left or a run failed (then let the others finish)."""
+    running: dict[Future[dict[str, Any] | None], RunSpec] = {}
+    failed = False
+    while True:
+        for item in [] if failed else study.runs():
+            if len(running) >= workers:
+                break
+            if isinstance(item, Waiting) or item.name in {r.name for r in running.values()} or current_record(item):
+                continue
+            if item.budget is not None:
+                dense = study.best_dense(item.task)
+                if not dense.export_dir.exists() and not rebuild_export(dense, threads):
+                    print(f"[wait] {item.name}: the dense export {dense.export_dir} could not be rebuilt", flush=True)
                     continue
-                if item.budget is not None:
-                    dense = study.best_dense(item.task)
-                    if not dense.export_dir.exists() and not rebuild_export(dense, threads):
-                        print(f"[wait] {item.name}: the dense export {dense.export_dir} could not be rebuilt", flush=True)
-                        continue
-                running[pool.submit(execute, item, args.keep_checkpoints, threads)] = item
-            if not running:
-                if failed:
-                    print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
-                else:
-                    print("[end ] nothing left to run (see `plan` for runs waiting on failed ones)", flush=True)
-                return
-            # Plan again when one ends: it may decide the next runs (the best dense model, a swept learning rate).
-            done, _ = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                del running[future]
-                failed = failed or future.result() is None
+            running[pool.submit(execute_or_fail, item, keep_checkpoints, threads)] = item
+        if not running:
+            if failed:
+                print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
+            else:
+                print("[end ] nothing left to run (see `plan` for runs waiting on failed ones)", flush=True)
+            return
+        # Plan again when one ends: it may decide the next runs (the best dense model, a swept learning rate).
+        done, _ = wait(running, return_when=FIRST_COMPLETED)
+        for future in done:
+            del running[future]
+            failed = failed or future.result() is None
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
@@ -611,6 +702,12 @@ def cmd_plan(args: argparse.Namespace) -> None:
         print(f"[{state}] {item.name}")
 
 
+def positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number >= 1")
+    return int(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -620,9 +717,9 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
     common.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
     common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
-    run = sub.add_parser("run", parents=[common], help="run what has no record yet, in the plan's order")
+    run = sub.add_parser("run", parents=[common], help="run what has no record yet: ready runs side by side")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
-    run.add_argument("--workers", type=int, default=2, help="runs side by side, the cores shared among them (default 2)")
+    run.add_argument("--workers", type=positive_int, default=2, help="runs side by side, the cores shared among them (default 2)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(
         func=cmd_plan

@@ -17,6 +17,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -58,6 +59,9 @@ def cmd_run(args: argparse.Namespace) -> None:
         "--trainer.logger.init_args.save_dir", str(run_root), "--trainer.logger.init_args.name", args.label,
         "--trainer.logger.init_args.version", "0", *args.overrides,
     ]  # fmt: skip
+    run_dir = run_root / args.label / "version_0"
+    if run_dir.exists():
+        shutil.rmtree(run_dir)  # a rerun under the same label: its events alone make the record
     log = args.work_dir / f"{args.label}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     print("running:", shlex.join(command), f"(log: {log})", flush=True)
@@ -67,7 +71,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     wall_s = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"the run failed (exit {result.returncode}); see {log}")
-    record = main_job_record(args.task, args.label, run_root / args.label / "version_0", command, wall_s)
+    record = main_job_record(args.task, args.label, run_dir, command, wall_s)
     out = RECORDS / f"{args.label}.json"
     write_record(out, record)
     print(summary_row(record))
@@ -86,6 +90,7 @@ def main_job_record(task: str, label: str, run_dir: Path, command: list[str], wa
         "command": shlex.join(["python", *command[1:]]),
         "resolved_config": yaml.safe_load(saved.read_text()) if saved.exists() else None,
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_dir": str(run_dir),
         "label": label,
         "convergence": convergence(run_dir),
         "loadavg_at_end": os.getloadavg(),

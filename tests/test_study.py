@@ -263,27 +263,60 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_its_void_events_are_d
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
+    # What a session's end leaves: the run's marker, events up to its checkpoint, the checkpoint, then events after it.
+    spec.run_dir.mkdir(parents=True)
+    (spec.run_dir / "fingerprint").write_text(glue_study.run_fingerprint(spec))
+    write_events(spec.run_dir, {"val/score": [(78, 50.0), (156, 55.0)], "train/loss": [(150, 0.75)]})
+    time.sleep(0.05)
+    last = spec.run_dir / "checkpoints" / "last.ckpt"
+    last.parent.mkdir()
+    last.write_text("checkpoint")
+    time.sleep(0.05)
+    write_events(spec.run_dir, {"train/loss": [(180, 0.5)], "prune/score_after": [(170, 40.0)]})  # void: after it
     commands: list[list[str]] = []
 
     def attempt(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
         commands.append(command)
-        if len(commands) == 1:  # killed after its checkpoint at step 156, having logged up to step 180
-            (spec.run_dir / "checkpoints").mkdir()
-            (spec.run_dir / "checkpoints" / "last.ckpt").write_text("checkpoint")
-            write_events(spec.run_dir, {"val/score": [(78, 50.0), (156, 55.0)], "train/loss": [(150, 0.75), (180, 0.5)]})
-            return -9, 1.0
-        write_events(spec.run_dir, {"val/score": [(234, 58.0)], "train/loss": [(160, 0.625), (190, 0.375)]})
-        return 0, 1.0
+        if len(commands) == 1:
+            write_events(spec.run_dir, {"val/score": [(234, 58.0)], "train/loss": [(160, 0.625), (190, 0.375)]})
+            return 0, 1.0
+        return 1, 1.0  # a failed run
 
     monkeypatch.setattr(glue_study, "run_command", attempt)
-    assert glue_study.train(spec) is None
     assert glue_study.train(spec) is not None
-    last = str(spec.run_dir / "checkpoints" / "last.ckpt")
-    assert "--ckpt_path" not in commands[0] and commands[1][-2:] == ["--ckpt_path", last]
+    assert commands[0][-2:] == ["--ckpt_path", str(last)]
     scalars = glue_study.read_scalars(spec.run_dir)
     assert scalars["val/score"] == [(78, 50.0), (156, 55.0), (234, 58.0)]
-    assert scalars["train/loss"] == [(150, 0.75), (160, 0.625), (190, 0.375)]  # step 180 of the killed attempt is void
-    # The same name with another config (here another budget) is another run: it starts from scratch.
+    assert scalars["train/loss"] == [(150, 0.75), (160, 0.625), (190, 0.375)] and "prune/score_after" not in scalars
+    # Finished but not recorded (the driver was killed in between): not trained again.
+    assert glue_study.train(spec) is not None and len(commands) == 1
+    # The same name with another config (here another budget) is another run: from scratch; and so after a failure.
     spec.epochs = 3
-    glue_study.train(spec)
-    assert "--ckpt_path" not in commands[2] and not (spec.run_dir / "checkpoints").exists()
+    assert glue_study.train(spec) is None and "--ckpt_path" not in commands[1]
+    assert not (spec.run_dir / "fingerprint").exists() and not last.exists()
+
+
+def test_a_run_left_training_keeps_the_study_locked_and_stopping_the_driver_stops_its_runs(tmp_path: Path) -> None:
+    log = open(tmp_path / "log", "w")  # noqa: SIM115  (the children write to it)
+    results: list[tuple[int, float]] = []
+
+    def start(seconds: float) -> threading.Thread:
+        command = [sys.executable, "-c", f"import time; time.sleep({seconds})"]
+        thread = threading.Thread(target=lambda: results.append(glue_study.run_command(command, log, None)))
+        thread.start()
+        time.sleep(0.5)
+        return thread
+
+    with glue_study.study_lock(tmp_path):
+        orphan = start(2.0)
+    # The driver's lock is gone (as when it is killed), its run is not: a second driver must not start beside it.
+    with pytest.raises(SystemExit, match="Another study process"), glue_study.study_lock(tmp_path):
+        pass
+    orphan.join()
+    with glue_study.study_lock(tmp_path):  # free once the run ended
+        stopped = start(60.0)
+        glue_study.stop_children()
+        stopped.join(timeout=10)
+    glue_study._stopping.clear()
+    log.close()
+    assert not stopped.is_alive() and results == [(0, pytest.approx(0.0, abs=1.0)), (-15, pytest.approx(0.0, abs=1.0))]
