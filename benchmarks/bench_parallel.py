@@ -8,9 +8,9 @@ Each round measures both ways on the main job's training steps (``configs/glue.y
 - ``two``: two worker processes with one thread each, started together, each training ``--steps`` steps.
 
 A worker loads the model and data, takes ``--warmup`` untimed steps, waits until every worker of its way is as far,
-then times its steps and reports examples per second; ``two``'s throughput is the sum of its workers'. The order of the two alternates each round; reported are
-each round's ratio two/one and their median. Run it on an idle machine (the study paused: ``kill -STOP``), from the
-repository root::
+then times its steps and reports examples per second; ``two``'s throughput is the sum of its workers'. The order
+of the two alternates each round; reported are each round's ratio two/one and their median. Run it on an idle
+machine (the study paused: ``kill -STOP``), from the repository root::
 
     python -m benchmarks.bench_parallel                    # 3 rounds of 16 steps
     python -m benchmarks.bench_parallel --rounds 1 --steps 2 --warmup 1     # a quick check
