@@ -59,8 +59,8 @@ def measure(way: str, glue_dir: Path, steps: int, warmup: int, offset: int) -> d
     """Start the way's worker processes together and wait for all; their reports and the summed examples per second."""
     processes, threads = WAYS[way]
     commands = [[sys.executable, "-m", "benchmarks.bench_parallel", "--worker", "--glue-dir", str(glue_dir),
-                 "--threads", str(threads), "--offset", str(offset + i * steps), "--steps", str(steps),
-                 "--warmup", str(warmup)] for i in range(processes)]  # fmt: skip
+                 "--threads", str(threads), "--offset", str(offset), "--steps", str(steps),
+                 "--warmup", str(warmup)] for _ in range(processes)]  # fmt: skip
     running = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for command in commands]  # fmt: skip
     for process in running:  # every worker loaded and warmed up before any starts its clock
@@ -98,7 +98,8 @@ def main() -> None:
     rounds = []
     for r in range(args.rounds):
         order = ("one", "two") if r % 2 == 0 else ("two", "one")
-        entry = {way: measure(way, args.glue_dir, args.steps, args.warmup, offset=r * 2 * args.steps) for way in order}
+        # Every worker of the round trains the same batches: sequence lengths, and so the work per step, are equal.
+        entry = {way: measure(way, args.glue_dir, args.steps, args.warmup, offset=r * args.steps) for way in order}
         entry["ratio_two_to_one"] = entry["two"]["examples_per_s"] / entry["one"]["examples_per_s"]
         rounds.append(entry)
         print(f"round {r + 1}/{args.rounds}: one process x 2 threads {entry['one']['examples_per_s']:.1f} ex/s, two x 1 "

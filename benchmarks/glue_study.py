@@ -30,8 +30,8 @@ Run from the repository root (in the background: the whole study takes days on a
     python benchmarks/glue_study.py plan                  # what has finished, what runs next
     python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
 
-``run`` trains the runs that are ready two at a time (``--workers``), the cores shared among them (on 2 cores, two
-1-thread runs do more work than one 2-thread run: ``benchmarks/bench_parallel.py``). ``kill <driver>`` stops its
+``run --workers 2`` trains two ready runs side by side, the cores shared among them (``benchmarks/bench_parallel.py``
+measures whether that pays on a machine: not on the 2-core CPU of docs/BENCHMARKS.md). ``kill <driver>`` stops its
 runs too; they resume from their last epoch's checkpoint at the next ``run``.
 """
 
@@ -648,8 +648,8 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def cmd_run(args: argparse.Namespace) -> None:
     study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets))
-    # Side by side, each run gets its share of the cores: on 2 cores, two 1-thread runs train 1.07-1.39x the examples
-    # per second of one 2-thread run (docs/BENCHMARKS.md), so the study's ready runs go two at a time.
+    # Side by side, each run gets its share of the cores (on this 2-core CPU two 1-thread runs train about as fast
+    # as one 2-thread run: docs/BENCHMARKS.md; on another machine the issue measured 1.15x).
     threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill <driver>` stops its runs too (resumable next time)
     try:
@@ -719,7 +719,7 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     run = sub.add_parser("run", parents=[common], help="run what has no record yet: ready runs side by side")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
-    run.add_argument("--workers", type=positive_int, default=2, help="runs side by side, the cores shared among them (default 2)")
+    run.add_argument("--workers", type=positive_int, default=1, help="runs side by side, the cores shared among them (default 1)")
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(
         func=cmd_plan
