@@ -65,3 +65,11 @@ def refuse_sharded_strategy(trainer: pl.Trainer, who: str) -> None:
             "weights on every process (a mask computed on shards could be silently wrong). Use strategy ddp (or a "
             "single device)."
         )
+
+
+def log_now(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
+    """Log ``metrics`` at the current step to every logger and flush them, as Lightning does after its own logging: a
+    run killed before the next flush (at a session's end, right after a checkpoint) keeps them."""
+    for logger in trainer.loggers:
+        logger.log_metrics(metrics, step=trainer.global_step)
+        logger.save()

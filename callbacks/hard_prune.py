@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks._common import optimizer_stepped, project_targets, refuse_sharded_strategy
+from callbacks._common import log_now, optimizer_stepped, project_targets, refuse_sharded_strategy
 from callbacks._precision import refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
@@ -165,8 +165,7 @@ class HardPruneCallback(TargetingCallback):
             metrics["prune/score_after"] = float(evaluate(loaders))
             self.scores = {"before the cut": metrics["prune/score_before"], "after the cut": metrics["prune/score_after"]}
         metrics.update(self._sparsity_metrics())
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_now(trainer, metrics)
         forget_best_checkpoints(trainer)  # they are dense: "best" must be chosen among the pruned ones only
         scores = ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "score" in k)
         rank_zero_info(

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import (
+    log_now,
     optimizer_stepped,
     project_targets,
     raise_if_non_finite,
@@ -295,8 +296,7 @@ class NxMSparsifyCallback(TargetingCallback):
             metrics["admm/w_step_progress"] = stats.w_step_progress
         if self.log_per_layer:
             metrics.update({f"admm_layers/{name}": value for name, value in stats.per_layer_primal.items()})
-        for logger in trainer.loggers:
-            logger.log_metrics(metrics, step=trainer.global_step)
+        log_now(trainer, metrics)
         return stats.converged(self.converged_flip_rate, self.converged_residual)
 
     def _end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str) -> None:
@@ -348,8 +348,7 @@ class NxMSparsifyCallback(TargetingCallback):
         with restore_weights(self.targets):
             project_targets(self.targets)
             score = float(pl_module.evaluate_score(trainer.val_dataloaders))
-        for logger in trainer.loggers:
-            logger.log_metrics({"val_pruned/score": score}, step=trainer.global_step)
+        log_now(trainer, {"val_pruned/score": score})
         trainer.callback_metrics["val_pruned/score"] = torch.tensor(score)
 
     # ---- checkpointing -------------------------------------------------------------------------------------------

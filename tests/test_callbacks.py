@@ -127,6 +127,32 @@ def test_validating_a_routed_model_decides_its_backend_again(tmp_path: Path, mon
     assert torch.equal(model.net[0].dense_weight(), before)
 
 
+def test_the_callbacks_metrics_are_flushed_as_they_are_logged(tmp_path: Path) -> None:
+    """A run killed right after a Z-step or the cut (at a session's end, say) must still have those points on disk."""
+    from lightning.pytorch.loggers import Logger
+
+    calls: list[str] = []
+
+    class Recorder(Logger):
+        name, version = "recorder", 0
+
+        def log_hyperparams(self, params: object) -> None:
+            pass
+
+        def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+            calls.extend(tag for tag in metrics if tag in ("admm/primal_residual", "sparsity/overall_density"))
+
+        def save(self) -> None:
+            calls.append("flush")
+
+    sparsify = NxMSparsifyCallback(include=INCLUDE, update_every=2, end_step=8)
+    trainer = toy_trainer(tmp_path, [sparsify, HardPruneCallback(backend="masked")], logger=Recorder(), max_epochs=2)
+    trainer.fit(ToyModule(), toy_loader(), toy_loader(seed=1))
+    logged = [i for i, call in enumerate(calls) if call != "flush"]
+    assert {calls[i] for i in logged} == {"admm/primal_residual", "sparsity/overall_density"}
+    assert all(calls[i + 1] == "flush" for i in logged)
+
+
 def test_prune_happens_at_fit_end_if_training_stops_early(tmp_path: Path) -> None:
     prune = HardPruneCallback(include=INCLUDE, at_epoch=50, backend="masked")
     model = ToyModule()
