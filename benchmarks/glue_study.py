@@ -369,7 +369,8 @@ def study_lock(work_dir: Path) -> Iterator[None]:
 
 
 def stop_children() -> None:
-    """Stop the training children (SIGTERM, then wait): their runs resume from their last checkpoint next time."""
+    """Stop the training children (SIGTERM; the worker threads waiting on them return): their runs resume from their
+    last checkpoint next time."""
     _stopping.set()
     with _children_lock:
         children = list(_children)
@@ -414,17 +415,20 @@ def run_command(command: list[str], log: IO[str], threads: int | None) -> tuple[
     return process.returncode, usage.ru_utime + usage.ru_stime
 
 
-def train(spec: RunSpec, threads: int | None = None) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
+def train(
+    spec: RunSpec, threads: int | None = None, fresh: bool = False
+) -> tuple[list[str], float, float, dict[str, dict[str, Any]]] | None:
     """Run ``spec``; ``(command, wall s, CPU s, callback edits)``, or None when it failed.
 
     A run stopped midway (its session ended, or the driver was stopped) resumes from its ``last.ckpt``, written at
     every epoch end, when its config and command are unchanged (``<run dir>/fingerprint``); a run whose fit finished
     but whose record was not written is not trained again (``fit_done.json``). Anything else, a failed run included,
-    starts from scratch. Wall and CPU seconds are those of the last attempt; ``resumes.json`` lists the others' ends.
+    starts from scratch, as does every run when ``fresh``. Wall and CPU seconds are those of the last attempt;
+    ``resumes.json`` lists the others' ends.
     """
     command = spec.command()
     last, marker, done = (spec.run_dir / name for name in ("checkpoints/last.ckpt", "fingerprint", "fit_done.json"))
-    resumable = marker.exists() and marker.read_text() == run_fingerprint(spec)
+    resumable = not fresh and marker.exists() and marker.read_text() == run_fingerprint(spec)
     edits = spec.write_config()
     if resumable and done.exists():
         finished = json.loads(done.read_text())
@@ -475,6 +479,7 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
              "resumed": len(read_resumes(spec.run_dir))}  # fmt: skip
     record = make_record(spec, command, wall, cpu, extra)
     write_record(spec.record_path, record)
+    (spec.run_dir / "fit_done.json").unlink()  # the record stands for it now
     if not keep_checkpoints:
         shutil.rmtree(spec.run_dir / "checkpoints", ignore_errors=True)
     print(f"[done] {spec.name}: best {record['metrics']['best_score']:.2f}, {wall / 60:.1f} min", flush=True)
@@ -484,7 +489,7 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
 def rebuild_export(spec: RunSpec, threads: int | None = None) -> bool:
     """Run a recorded dense run again for its export (missing on a new machine); note the rebuild in its record."""
     print(f"[rebuild] {spec.name}: its export is missing; running its recorded command again", flush=True)
-    result = train(spec, threads)
+    result = train(spec, threads, fresh=True)
     if result is None or not spec.export_dir.exists():
         return False
     record = json.loads(spec.record_path.read_text())

@@ -246,9 +246,12 @@ def test_main_job_record_reads_the_last_zstep_against_the_thresholds(
 def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
     glue_study.write_record(spec.record_path, {"name": spec.name, "metrics": {"best_score": 60.0}})
+    spec.run_dir.mkdir(parents=True)  # what the finished run left, which must not stop the rebuild
+    (spec.run_dir / "fingerprint").write_text(glue_study.run_fingerprint(spec))
+    (spec.run_dir / "fit_done.json").write_text('{"wall_s": 1.0, "cpu_s": 1.0}')
 
     def rerun(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
-        assert command == spec.command()
+        assert command == spec.command() and not (spec.run_dir / "fit_done.json").exists()
         spec.export_dir.mkdir(parents=True)
         write_events(spec.run_dir, {"val/score": [(78, 59.0), (156, 60.5)]})
         return 0, 1.0
