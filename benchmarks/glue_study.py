@@ -587,8 +587,8 @@ class Study:
         for task in self.tasks:
             yield from self.dense_grid(task)
             if task == SWEEP_TASK and "paper" in self.budgets:
-                for method in ("asp", "nxm"):
-                    yield from self._planned(lambda m=method: self.sweep(m))
+                # asp and nxm in turn at each rate, so that the first pair compares them as early as possible.
+                yield from self._planned(lambda: [spec for pair in zip(self.sweep("asp"), self.sweep("nxm")) for spec in pair])
             for budget in self.budgets:
                 for seed in self.seeds:
                     for method in BUDGETS[budget].methods:

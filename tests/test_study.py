@@ -45,7 +45,7 @@ def test_the_plan_runs_the_dense_grid_first_and_starts_every_sparse_run_from_its
     for spec, score in zip(grid, (84.0, 86.0, 85.0)):
         finish(study, spec, score)
     sweep = [item for item in study.runs() if isinstance(item, RunSpec) and item.budget == "paper"]
-    assert [(s.method, s.learning_rate) for s in sweep[:6]] == [(m, lr) for m in ("asp", "nxm") for lr in glue_study.SPARSE_LRS]
+    assert [(s.method, s.learning_rate) for s in sweep[:6]] == [(m, lr) for lr in glue_study.SPARSE_LRS for m in ("asp", "nxm")]
     best_export = str(grid[1].export_dir)  # lr 1e-4 scored best
     assert all(s.model == best_export and s.teacher is None and s.epochs == 10 for s in sweep)
     # Everything after the sweep waits on it, except the short budget, whose learning rates are fixed.
