@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
 from callbacks.rng_state import RNGStateCallback
@@ -84,6 +86,9 @@ def run() -> None:
     """``main()`` for the shell: a bad input prints its message, not a traceback (NXM_TRACEBACK=1 shows it)."""
     try:
         main()
+    except SIGTERMException:
+        # Lightning stops a fit gracefully on SIGTERM and would exit 0, as if it had finished: say it did not.
+        sys.exit(128 + signal.SIGTERM)
     except USER_ERRORS as err:
         if os.environ.get("NXM_TRACEBACK"):
             raise

@@ -345,6 +345,9 @@ _lock_fds: tuple[int, ...] = ()
 _children: set[subprocess.Popen[bytes]] = set()
 _children_lock = threading.Lock()
 _stopping = threading.Event()
+# How a run ends when it is stopped rather than failed: killed by a signal, or cli.py's exit after Lightning's graceful
+# stop on SIGTERM (128 + 15; Lightning alone would exit 0, as if the fit had finished).
+STOPPED = (-signal.SIGKILL, -signal.SIGTERM, -signal.SIGINT, 128 + signal.SIGTERM)
 
 
 @contextlib.contextmanager
@@ -451,9 +454,11 @@ def train(
         log.flush()
         status, cpu = run_command(attempt, log, threads)
     wall = time.monotonic() - start
+    if _stopping.is_set() or status in STOPPED:
+        print(f"[stopped] {spec.name}: exit status {status} after {wall:.0f} s; it resumes at the next run", flush=True)
+        return None
     if status != 0:
-        if not _stopping.is_set():
-            marker.unlink(missing_ok=True)  # failed, not stopped: the next attempt starts from scratch (code fixed)
+        marker.unlink(missing_ok=True)  # failed, not stopped: the next attempt starts from scratch (code fixed)
         print(f"[FAIL] {spec.name}: exit status {status} after {wall:.0f} s; see {spec.log_path}", flush=True)
         return None
     done.write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))

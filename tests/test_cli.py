@@ -144,3 +144,16 @@ def test_bad_input_on_the_command_line_is_one_clear_line(args: list[str], messag
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
     assert result.returncode != 0
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_fit_stopped_by_sigterm_exits_non_zero(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning ends a fit gracefully on SIGTERM and would exit 0; scripts (the study driver) must see it did not end."""
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def stopped() -> None:
+        raise SIGTERMException
+
+    monkeypatch.setattr(cli, "main", stopped)
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    assert exit_.value.code == 143

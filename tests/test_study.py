@@ -281,21 +281,25 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_its_void_events_are_d
     def attempt(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
         commands.append(command)
         if len(commands) == 1:
+            return 143, 1.0  # stopped by SIGTERM (cli.py's exit status for Lightning's graceful stop)
+        if len(commands) == 2:
             write_events(spec.run_dir, {"val/score": [(234, 58.0)], "train/loss": [(160, 0.625), (190, 0.375)]})
             return 0, 1.0
         return 1, 1.0  # a failed run
 
     monkeypatch.setattr(glue_study, "run_command", attempt)
+    assert glue_study.train(spec) is None and (spec.run_dir / "fingerprint").exists()  # stopped: still resumable
+    assert not (spec.run_dir / "fit_done.json").exists()
     assert glue_study.train(spec) is not None
-    assert commands[0][-2:] == ["--ckpt_path", str(last)]
+    assert commands[0][-2:] == commands[1][-2:] == ["--ckpt_path", str(last)]
     scalars = glue_study.read_scalars(spec.run_dir)
     assert scalars["val/score"] == [(78, 50.0), (156, 55.0), (234, 58.0)]
     assert scalars["train/loss"] == [(150, 0.75), (160, 0.625), (190, 0.375)] and "prune/score_after" not in scalars
     # Finished but not recorded (the driver was killed in between): not trained again.
-    assert glue_study.train(spec) is not None and len(commands) == 1
+    assert glue_study.train(spec) is not None and len(commands) == 2
     # The same name with another config (here another budget) is another run: from scratch; and so after a failure.
     spec.epochs = 3
-    assert glue_study.train(spec) is None and "--ckpt_path" not in commands[1]
+    assert glue_study.train(spec) is None and "--ckpt_path" not in commands[2]
     assert not (spec.run_dir / "fingerprint").exists() and not last.exists()
 
 
