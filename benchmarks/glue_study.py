@@ -429,14 +429,15 @@ def train(
     starts from scratch, as does every run when ``fresh``. Wall and CPU seconds are those of the last attempt;
     ``resumes.json`` lists the others' ends.
     """
-    command = spec.command()
+    command, fingerprint = spec.command(), run_fingerprint(spec)
     last, marker, done = (spec.run_dir / name for name in ("checkpoints/last.ckpt", "fingerprint", "fit_done.json"))
-    resumable = not fresh and marker.exists() and marker.read_text() == run_fingerprint(spec)
+    resumable = not fresh and marker.exists() and marker.read_text() == fingerprint
     edits = spec.write_config()
     if resumable and done.exists():
         finished = json.loads(done.read_text())
         return command, finished["wall_s"], finished["cpu_s"], edits
-    if resumable and last.exists():
+    resume = resumable and last.exists()
+    if resume:
         resumes = [*read_resumes(spec.run_dir), (last.stat().st_mtime, time.time())]
         (spec.run_dir / "resumes.json").write_text(json.dumps(resumes))
         print(f"[resume] {spec.name}: from {last}", flush=True)
@@ -444,12 +445,12 @@ def train(
         if spec.run_dir.exists():
             shutil.rmtree(spec.run_dir)
         spec.run_dir.mkdir(parents=True)
-        marker.write_text(run_fingerprint(spec))
-    attempt = command + (["--ckpt_path", str(last)] if resumable and last.exists() else [])
+        marker.write_text(fingerprint)
+    attempt = command + (["--ckpt_path", str(last)] if resume else [])
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(attempt)}", flush=True)
     start = time.monotonic()
-    with open(spec.log_path, "a" if len(attempt) > len(command) else "w") as log:
+    with open(spec.log_path, "a" if resume else "w") as log:
         log.write(shlex.join(attempt) + "\n\n")
         log.flush()
         status, cpu = run_command(attempt, log, threads)
