@@ -313,8 +313,6 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
 
 def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, extra: dict[str, Any]) -> dict[str, Any]:
     """The JSON record of a finished run: metrics from its events, its resolved config, command and environment."""
-    saved = spec.run_dir / "config.yaml"
-    config = yaml.safe_load(saved.read_text()) if saved.exists() else None
     return {
         "name": spec.name,
         "method": spec.method,
@@ -326,11 +324,20 @@ def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, 
         "epochs": spec.epochs,
         "wall_s": round(wall_s, 1),
         "cpu_s": round(cpu_s, 1),
-        "command": shlex.join(["python", *command[1:]]),
-        "resolved_config": config,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(spec.run_dir, command),
         **extra,
         "environment": environment(),
+    }
+
+
+def run_facts(run_dir: Path, command: list[str]) -> dict[str, Any]:
+    """What every record says of how a finished ``cli.py`` run was made: its command (without the interpreter's path),
+    the config LightningCLI resolved (``config.yaml`` in the run dir) and when it finished."""
+    saved = run_dir / "config.yaml"
+    return {
+        "command": shlex.join(["python", *command[1:]]),
+        "resolved_config": yaml.safe_load(saved.read_text()) if saved.exists() else None,
+        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 

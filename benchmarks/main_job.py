@@ -21,14 +21,11 @@ import shutil
 import subprocess
 import sys
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from glue_study import REPO, environment, read_scalars, run_metrics, write_record  # noqa: E402
+from glue_study import REPO, environment, read_scalars, run_facts, run_metrics, write_record  # noqa: E402
 
 RECORDS = REPO / "benchmarks" / "records" / "main_job"
 # The issue's thresholds: the last Z-step's mask flip rate and primal residual, and the cost of the cut.
@@ -80,16 +77,13 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 def main_job_record(task: str, label: str, run_dir: Path, command: list[str], wall_s: float) -> dict[str, Any]:
     """The record of one finished main job: its metrics, convergence, resolved config, command and environment."""
-    saved = run_dir / "config.yaml"
     return {
         "method": "nxm_main_job",
         "task": task,
         "seed": 42,
         "metrics": run_metrics(run_dir),
         "wall_s": round(wall_s, 1),
-        "command": shlex.join(["python", *command[1:]]),
-        "resolved_config": yaml.safe_load(saved.read_text()) if saved.exists() else None,
-        "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        **run_facts(run_dir, command),
         "run_dir": str(run_dir),
         "label": label,
         "convergence": convergence(run_dir),
