@@ -13,6 +13,7 @@ of the two alternates each round; reported are each round's ratio two/one and th
 machine (the study paused: ``kill -STOP``), from the repository root::
 
     python -m benchmarks.bench_parallel                    # 3 rounds of 16 steps
+    python -m benchmarks.bench_parallel --precision bf16-mixed   # what the study trains in on a CPU with native bf16
     python -m benchmarks.bench_parallel --rounds 1 --steps 2 --warmup 1     # a quick check
 """
 
@@ -34,7 +35,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WAYS = {"one": (1, 2), "two": (2, 1)}  # processes, threads per process
 
 
-def worker(glue_dir: Path, threads: int, offset: int, steps: int, warmup: int) -> dict[str, float]:
+def worker(glue_dir: Path, threads: int, offset: int, steps: int, warmup: int, precision: str) -> dict[str, float]:
     """Train ``warmup`` + ``steps`` steps from batch ``offset`` of an STS-B epoch; the timed steps' examples and time."""
     from benchmarks.bench_precision import Trainee, build_module, main_job_recipe, our_datamodule
 
@@ -42,7 +43,7 @@ def worker(glue_dir: Path, threads: int, offset: int, steps: int, warmup: int) -
     recipe = main_job_recipe(ROOT / "configs" / "glue.yaml")
     torch.manual_seed(0)
     batches = list(our_datamodule(recipe, recipe["task_name"], glue_dir).train_dataloader())
-    trainee = Trainee(build_module(recipe, recipe["task_name"]), "32-true", recipe)
+    trainee = Trainee(build_module(recipe, recipe["task_name"]), precision, recipe)
     chosen = [batches[(offset + i) % len(batches)] for i in range(warmup + steps)]
     for batch in chosen[:warmup]:
         trainee.step(batch)
@@ -55,12 +56,12 @@ def worker(glue_dir: Path, threads: int, offset: int, steps: int, warmup: int) -
     return {"examples": sum(len(b["labels"]) for b in chosen[warmup:]), "wall_s": wall_s, "cpu_s": cpu_s}
 
 
-def measure(way: str, glue_dir: Path, steps: int, warmup: int, offset: int) -> dict[str, Any]:
+def measure(way: str, glue_dir: Path, steps: int, warmup: int, offset: int, precision: str) -> dict[str, Any]:
     """Start the way's worker processes together and wait for all; their reports and the summed examples per second."""
     processes, threads = WAYS[way]
     commands = [[sys.executable, "-m", "benchmarks.bench_parallel", "--worker", "--glue-dir", str(glue_dir),
                  "--threads", str(threads), "--offset", str(offset), "--steps", str(steps),
-                 "--warmup", str(warmup)] for _ in range(processes)]  # fmt: skip
+                 "--warmup", str(warmup), "--precision", precision] for _ in range(processes)]  # fmt: skip
     running = [subprocess.Popen(command, cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
                for command in commands]  # fmt: skip
     for process in running:  # every worker loaded and warmed up before any starts its clock
@@ -85,21 +86,23 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--precision", choices=("32-true", "bf16-mixed"), default="32-true", help="of every worker")
     parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--threads", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--offset", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results" / "bench_parallel.json")
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.glue_dir, args.threads, args.offset, args.steps, args.warmup)))
+        print(json.dumps(worker(args.glue_dir, args.threads, args.offset, args.steps, args.warmup, args.precision)))
         return
     results = start_results("benchmarks.bench_parallel")
-    results["config"] = {"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "ways": WAYS}
+    results["config"] = {"rounds": args.rounds, "steps": args.steps, "warmup": args.warmup, "ways": WAYS,
+                         "precision": args.precision}  # fmt: skip
     rounds = []
     for r in range(args.rounds):
         order = ("one", "two") if r % 2 == 0 else ("two", "one")
         # Every worker of the round trains the same batches: sequence lengths, and so the work per step, are equal.
-        entry = {way: measure(way, args.glue_dir, args.steps, args.warmup, offset=r * args.steps) for way in order}
+        entry = {way: measure(way, args.glue_dir, args.steps, args.warmup, r * args.steps, args.precision) for way in order}
         entry["ratio_two_to_one"] = entry["two"]["examples_per_s"] / entry["one"]["examples_per_s"]
         rounds.append(entry)
         print(f"round {r + 1}/{args.rounds}: one process x 2 threads {entry['one']['examples_per_s']:.1f} ex/s, two x 1 "

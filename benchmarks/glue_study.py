@@ -31,8 +31,11 @@ Run from the repository root (in the background: the whole study takes days on a
     python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
 
 ``run --workers 2`` trains two ready runs side by side, the cores shared among them (``benchmarks/bench_parallel.py``
-measures whether that pays on a machine: not on the 2-core CPU of docs/BENCHMARKS.md). ``kill <driver>`` stops its
-runs too; they resume from their last epoch's checkpoint at the next ``run``.
+measures whether that pays on a machine: 1.19x on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x on its AMD EPYC).
+``run --precision`` (default ``auto``: ``bf16-mixed`` where bf16 is native, 0.64x the fp32 step time there, else
+``32-true``) sets the precision of the runs it starts; it is not part of a run's fingerprint, so records made in
+another precision stay current, and each record says its own. ``kill <driver>`` stops its runs too; they resume from
+their last epoch's checkpoint, in the precision they started in, at the next ``run``.
 """
 
 from __future__ import annotations
@@ -85,6 +88,8 @@ DENSE_PATIENCE = 3
 SWEEP_TASK = "stsb"
 SPARSE_LRS = (1e-4, 5e-5, 2e-4)  # in running order: the paper's range first
 MIN_ZSTEPS = 20
+FP32 = "32-true"  # the shipped configs' precision (Lightning's default)
+PRECISIONS = ("auto", FP32, "bf16-mixed")  # auto: bf16-mixed where the CPU or GPU has native bf16, else fp32
 
 
 def method_config(method: str) -> dict[str, Any]:
@@ -135,6 +140,10 @@ class RunSpec:
     teacher: str | None = None
     callback_args: dict[str, dict[str, Any]] = field(default_factory=dict)
     records_dir: Path = RECORDS
+    # Lightning's precision flag. Not part of the fingerprint: each machine trains in its fastest precision that keeps
+    # fp32 weights (bf16-mixed with native bf16, fp32 without), every record says which, and a run resumed or rebuilt
+    # keeps the precision it started in.
+    precision: str = FP32
 
     @property
     def name(self) -> str:
@@ -189,8 +198,11 @@ class RunSpec:
         self.config_path.write_text(text)
         return edits
 
-    def command(self) -> list[str]:
-        """The ``cli.py fit`` command: the edited YAML first, then the overrides (which take precedence)."""
+    def command(self, with_precision: bool = True) -> list[str]:
+        """The ``cli.py fit`` command: the edited YAML first, then the overrides (which take precedence).
+
+        ``with_precision``: add ``--trainer.precision`` unless it is the configs' fp32 (the fingerprint leaves it out).
+        """
         args = [
             sys.executable, "cli.py", "fit", "--config", str(self.config_path),
             "--seed_everything", str(self.seed),
@@ -210,6 +222,8 @@ class RunSpec:
             args += ["--model.init_args.model_name_or_path", self.model]
         if self.teacher:
             args += ["--model.init_args.teacher", self.teacher]
+        if with_precision and self.precision != FP32:
+            args += ["--trainer.precision", self.precision]
         return args
 
 
@@ -320,6 +334,7 @@ def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, 
         "task": spec.task,
         "seed": spec.seed,
         "learning_rate": spec.learning_rate,
+        "precision": spec.precision,
         "metrics": run_metrics(spec.run_dir),
         "epochs": spec.epochs,
         "wall_s": round(wall_s, 1),
@@ -436,9 +451,14 @@ def train(
     starts from scratch, as does every run when ``fresh``. Wall and CPU seconds are those of the last attempt;
     ``resumes.json`` lists the others' ends.
     """
-    command, fingerprint = spec.command(), run_fingerprint(spec)
+    fingerprint = run_fingerprint(spec)
     last, marker, done = (spec.run_dir / name for name in ("checkpoints/last.ckpt", "fingerprint", "fit_done.json"))
     resumable = not fresh and marker.exists() and marker.read_text() == fingerprint
+    started_in = spec.run_dir / "precision"
+    if resumable:
+        # A run resumes in the precision it started in (fp32 for a run dir from before the study chose precisions).
+        spec.precision = started_in.read_text() if started_in.exists() else FP32
+    command = spec.command()
     edits = spec.write_config()
     if resumable and done.exists():
         finished = json.loads(done.read_text())
@@ -453,6 +473,7 @@ def train(
             shutil.rmtree(spec.run_dir)
         spec.run_dir.mkdir(parents=True)
         marker.write_text(fingerprint)
+        started_in.write_text(spec.precision)
     attempt = command + (["--ckpt_path", str(last)] if resume else [])
     spec.log_path.parent.mkdir(parents=True, exist_ok=True)
     print(f"[run ] {spec.name}: {shlex.join(attempt)}", flush=True)
@@ -501,6 +522,7 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
 
 def rebuild_export(spec: RunSpec, threads: int | None = None) -> bool:
     """Run a recorded dense run again for its export (missing on a new machine); note the rebuild in its record."""
+    spec.precision = json.loads(spec.record_path.read_text()).get("precision", FP32)  # what the record was made in
     print(f"[rebuild] {spec.name}: its export is missing; running its recorded command again", flush=True)
     result = train(spec, threads, fresh=True)
     if result is None or not spec.export_dir.exists():
@@ -519,7 +541,7 @@ def rebuild_export(spec: RunSpec, threads: int | None = None) -> bool:
 def run_fingerprint(spec: RunSpec) -> str:
     """A hash of the run's YAML and its command line, to tell a stale record; without the interpreter's path, the work
     dir and the data dir, so that the records stay current on another machine."""
-    text = spec.edited_config()[0] + "\0".join(spec.command()[1:])
+    text = spec.edited_config()[0] + "\0".join(spec.command(with_precision=False)[1:])
     text = text.replace(str(spec.work_dir), "<work>").replace(spec.data_dir, "<glue>")
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
@@ -542,11 +564,12 @@ class Study:
     budgets: tuple[str, ...] = tuple(BUDGETS)
     records_dir: Path = RECORDS
     known: dict[str, dict[str, Any]] | None = None  # records by run name instead of records_dir (the report)
+    precision: str = FP32  # of the runs started now (resolved: not "auto")
 
     def spec(self, method: str, task: str, seed: int, learning_rate: float, budget: str | None = None) -> RunSpec:
         epochs = DENSE_EPOCHS if budget is None else BUDGETS[budget].epochs
         spec = RunSpec(method, task, seed, epochs, learning_rate, self.work_dir, self.data_dir, budget,
-                       records_dir=self.records_dir)  # fmt: skip
+                       records_dir=self.records_dir, precision=self.precision)  # fmt: skip
         if budget is not None:
             export = str(self.best_dense(task).export_dir)
             spec.teacher, spec.model = (export, None) if method in KD_METHODS else (None, export)
@@ -664,8 +687,25 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def resolve_precision(choice: str) -> str:
+    """``--precision``: ``auto`` becomes what this machine trains fastest in with fp32 weights (bf16-mixed where the
+    GPU or the CPU has native bf16: 1.4-1.6x the fp32 speed of a MiniLM step on an AVX-512 BF16 CPU, docs/BENCHMARKS.md;
+    emulated bf16 would be about 5x slower than fp32)."""
+    if choice != "auto":
+        return choice
+    import torch
+
+    from nxm_lightning.sparsity.precision import has_fast_bf16_cpu, recommended_precision
+
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    precision, _ = recommended_precision(capability, has_fast_bf16_cpu())
+    return precision if precision in PRECISIONS else FP32  # 16-mixed (an old GPU) is not one of the study's
+
+
 def cmd_run(args: argparse.Namespace) -> None:
-    study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets))
+    study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets),
+                  precision=resolve_precision(args.precision))  # fmt: skip
+    print(f"[start] new runs train in precision {study.precision} (resumed and rebuilt runs keep their own)", flush=True)
     # Side by side, each run gets its share of the cores (on this 2-core CPU two 1-thread runs train about as fast
     # as one 2-thread run: docs/BENCHMARKS.md; on another machine the issue measured 1.15x).
     threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
@@ -738,6 +778,12 @@ def main(argv: list[str] | None = None) -> None:
     run = sub.add_parser("run", parents=[common], help="run what has no record yet: ready runs side by side")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
     run.add_argument("--workers", type=positive_int, default=1, help="runs side by side, the cores shared among them (default 1)")
+    run.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="of the runs started now (default auto: bf16-mixed where bf16 is native, else 32-true)",
+    )
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(
         func=cmd_plan

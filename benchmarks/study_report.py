@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-from glue_study import BUDGETS, DENSE_LRS, RECORDS, SPARSE_LRS, SWEEP_TASK, TRAIN_SUBSETS, RunSpec, Study, Waiting
+from glue_study import BUDGETS, DENSE_LRS, FP32, RECORDS, SPARSE_LRS, SWEEP_TASK, TRAIN_SUBSETS, RunSpec, Study, Waiting
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -176,15 +176,17 @@ def compute_lines(records: Records) -> list[str]:
 
 def runs_table(records: Records) -> list[str]:
     lines = [
-        "| run | epochs | best dev score (step) | final | before -> after the cut | Z-steps | wall | finished (UTC) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| run | epochs | precision | best dev score (step) | final | before -> after the cut | Z-steps | wall "
+        "| finished (UTC) |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in records:
         m = r["metrics"]
         cut = f"{m['prune_score_before']:.1f} -> {m['prune_score_after']:.1f}" if m.get("prune_score_after") is not None else "-"
         zsteps = len(m.get("curves", {}).get("admm/mask_flip_rate", [])) or "-"
         lines.append(
-            f"| {r['name']} | {r['epochs']} | {score(r):.2f} ({m['best_step']}) | {m['final_score']:.2f} | {cut} | "
+            f"| {r['name']} | {r['epochs']} | {r.get('precision', FP32)} | {score(r):.2f} ({m['best_step']}) | "
+            f"{m['final_score']:.2f} | {cut} | "
             f"{zsteps} | {r['wall_s'] / 60:.0f} min | {r['finished_at'][:16].replace('T', ' ')} |"
         )
     return lines

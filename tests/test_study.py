@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import threading
 import time
@@ -327,3 +328,59 @@ def test_a_run_left_training_keeps_the_study_locked_and_stopping_the_driver_stop
     glue_study._stopping.clear()
     log.close()
     assert not stopped.is_alive() and results == [(0, pytest.approx(0.0, abs=1.0)), (-15, pytest.approx(0.0, abs=1.0))]
+
+
+def test_each_run_keeps_its_precision_out_of_the_fingerprint_and_resumes_and_rebuilds_in_the_one_it_started_in(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fp32 = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
+    bf16 = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records",
+                   precision="bf16-mixed")  # fmt: skip
+    assert "--trainer.precision" not in fp32.command() and bf16.command()[-2:] == ["--trainer.precision", "bf16-mixed"]
+    # A record made in fp32 (all records before precisions were chosen) stays current on a bf16 machine.
+    assert glue_study.run_fingerprint(fp32) == glue_study.run_fingerprint(bf16)
+    commands: list[list[str]] = []
+
+    def stopped_then_done(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
+        commands.append(command)
+        if len(commands) == 1:
+            last = bf16.run_dir / "checkpoints" / "last.ckpt"
+            last.parent.mkdir(parents=True)
+            last.write_text("checkpoint")
+            return 143, 1.0
+        write_events(bf16.run_dir, {"val/score": [(78, 60.0)]})
+        bf16.export_dir.mkdir(parents=True, exist_ok=True)
+        return 0, 1.0
+
+    monkeypatch.setattr(glue_study, "run_command", stopped_then_done)
+    assert glue_study.train(bf16) is None  # stopped midway in bf16 ...
+    assert glue_study.execute(fp32) is not None  # ... and resumed by a driver that starts new runs in fp32
+    assert commands[1][-4:] == ["--trainer.precision", "bf16-mixed", "--ckpt_path", str(bf16.run_dir / "checkpoints/last.ckpt")]
+    assert json.loads(fp32.record_path.read_text())["precision"] == "bf16-mixed"
+    # Rebuilding its missing export on a machine whose new runs are fp32 trains in the record's bf16 again.
+    shutil.rmtree(bf16.export_dir)
+    rebuild = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
+    assert glue_study.rebuild_export(rebuild) and commands[2][-2:] == ["--trainer.precision", "bf16-mixed"]
+
+
+@pytest.mark.parametrize(
+    ("cuda", "flags", "expected"),
+    [
+        (None, {"avx512_bf16"}, "bf16-mixed"),
+        (None, {"avx2"}, "32-true"),
+        ((9, 0), set(), "bf16-mixed"),
+        ((7, 5), set(), "32-true"),
+    ],  # fp16 (an old GPU's choice) is not one of the study's precisions
+)
+def test_auto_precision_is_bf16_only_where_bf16_is_native(
+    monkeypatch: pytest.MonkeyPatch, cuda: tuple[int, int] | None, flags: set[str], expected: str
+) -> None:
+    import torch
+
+    from nxm_lightning.sparsity import precision
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda is not None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args: cuda)
+    monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: flags)
+    assert glue_study.resolve_precision("auto") == expected
+    assert glue_study.resolve_precision("32-true") == "32-true"
