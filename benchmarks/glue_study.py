@@ -448,8 +448,9 @@ def train(
     A run stopped midway (its session ended, or the driver was stopped) resumes from its ``last.ckpt``, written at
     every epoch end, when its config and command are unchanged (``<run dir>/fingerprint``); a run whose fit finished
     but whose record was not written is not trained again (``fit_done.json``). Anything else, a failed run included,
-    starts from scratch, as does every run when ``fresh``. Wall and CPU seconds are those of the last attempt;
-    ``resumes.json`` lists the others' ends.
+    starts from scratch, as does every run when ``fresh``. Wall and CPU seconds are the sums over the attempts that the
+    driver saw end (``attempts.json``; an attempt killed with its driver is missing, and a stopped attempt's work after
+    its last checkpoint, redone by the next, counts); ``resumes.json`` lists when each resumed attempt started.
     """
     fingerprint = run_fingerprint(spec)
     last, marker, done = (spec.run_dir / name for name in ("checkpoints/last.ckpt", "fingerprint", "fit_done.json"))
@@ -483,6 +484,9 @@ def train(
         log.flush()
         status, cpu = run_command(attempt, log, threads)
     wall = time.monotonic() - start
+    attempts = spec.run_dir / "attempts.json"
+    spent = [*(json.loads(attempts.read_text()) if attempts.exists() else []), [wall, cpu]]
+    attempts.write_text(json.dumps(spent))
     if _stopping.is_set() or status in STOPPED:
         print(f"[stopped] {spec.name}: exit status {status} after {wall:.0f} s; it resumes at the next run", flush=True)
         return None
@@ -490,8 +494,9 @@ def train(
         marker.unlink(missing_ok=True)  # failed, not stopped: the next attempt starts from scratch (code fixed)
         print(f"[FAIL] {spec.name}: exit status {status} after {wall:.0f} s; see {spec.log_path}", flush=True)
         return None
-    done.write_text(json.dumps({"wall_s": wall, "cpu_s": cpu}))
-    return command, wall, cpu, edits
+    total_wall, total_cpu = (sum(column) for column in zip(*spent))
+    done.write_text(json.dumps({"wall_s": total_wall, "cpu_s": total_cpu}))
+    return command, total_wall, total_cpu, edits
 
 
 def read_resumes(run_dir: Path) -> list[tuple[float, float]]:

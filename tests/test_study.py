@@ -291,7 +291,8 @@ def test_a_killed_run_resumes_from_its_last_checkpoint_and_its_void_events_are_d
     monkeypatch.setattr(glue_study, "run_command", attempt)
     assert glue_study.train(spec) is None and (spec.run_dir / "fingerprint").exists()  # stopped: still resumable
     assert not (spec.run_dir / "fit_done.json").exists()
-    assert glue_study.train(spec) is not None
+    finished = glue_study.train(spec)
+    assert finished is not None and finished[2] == 2.0  # the CPU seconds of both attempts
     assert commands[0][-2:] == commands[1][-2:] == ["--ckpt_path", str(last)]
     scalars = glue_study.read_scalars(spec.run_dir)
     assert scalars["val/score"] == [(78, 50.0), (156, 55.0), (234, 58.0)]
