@@ -56,7 +56,7 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -678,10 +678,11 @@ def torch_threads() -> int:
     return len(os.sched_getaffinity(0))
 
 
-def execute_or_fail(spec: RunSpec, keep_checkpoints: bool, threads: int | None) -> dict[str, Any] | None:
-    """:func:`execute`, with an error (a run's unreadable events, say) reported at once as the run's failure."""
+def guarded(job: Callable[..., Any], spec: RunSpec, *args: Any) -> Any:
+    """``job(spec, *args)`` (:func:`execute` or :func:`rebuild_export`), with an error (a run's unreadable events, say)
+    reported at once as the run's failure: None."""
     try:
-        return execute(spec, keep_checkpoints, threads)
+        return job(spec, *args)
     except Exception:
         traceback.print_exc()
         print(f"[FAIL] {spec.name}: the error above", flush=True)
@@ -726,21 +727,27 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def run_study(study: Study, pool: ThreadPoolExecutor, workers: int, keep_checkpoints: bool, threads: int | None) -> None:
-    """Keep ``workers`` ready runs training until nothing is left or a run failed (then let the others finish)."""
-    running: dict[Future[dict[str, Any] | None], RunSpec] = {}
+    """Keep ``workers`` ready runs training until nothing is left or a run failed (then let the others finish).
+
+    A missing dense export (a new machine) is rebuilt by one worker while the others take runs that do not need it.
+    """
+    running: dict[Future[Any], tuple[RunSpec, bool]] = {}  # the run, and whether it is a rebuild
+    unbuildable: set[str] = set()  # dense runs whose rebuild failed: their sparse runs wait
     failed = False
     while True:
         for item in [] if failed else study.runs():
             if len(running) >= workers:
                 break
-            if isinstance(item, Waiting) or item.name in {r.name for r in running.values()} or current_record(item):
+            busy = {spec.name for spec, _ in running.values()}
+            if isinstance(item, Waiting) or item.name in busy or current_record(item):
                 continue
             if item.budget is not None:
                 dense = study.best_dense(item.task)
-                if not dense.export_dir.exists() and not rebuild_export(dense, threads):
-                    print(f"[wait] {item.name}: the dense export {dense.export_dir} could not be rebuilt", flush=True)
+                if not dense.export_dir.exists():
+                    if dense.name not in busy | unbuildable:
+                        running[pool.submit(guarded, rebuild_export, dense, threads)] = (dense, True)
                     continue
-            running[pool.submit(execute_or_fail, item, keep_checkpoints, threads)] = item
+            running[pool.submit(guarded, execute, item, keep_checkpoints, threads)] = (item, False)
         if not running:
             if failed:
                 print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
@@ -750,8 +757,12 @@ def run_study(study: Study, pool: ThreadPoolExecutor, workers: int, keep_checkpo
         # Plan again when one ends: it may decide the next runs (the best dense model, a swept learning rate).
         done, _ = wait(running, return_when=FIRST_COMPLETED)
         for future in done:
-            del running[future]
-            failed = failed or future.result() is None
+            spec, rebuild = running.pop(future)
+            if rebuild and not future.result():
+                unbuildable.add(spec.name)
+                print(f"[wait] the runs of {spec.task} wait: the dense export {spec.export_dir} could not be rebuilt", flush=True)
+            elif not rebuild:
+                failed = failed or future.result() is None
 
 
 def cmd_plan(args: argparse.Namespace) -> None:

@@ -385,3 +385,43 @@ def test_auto_precision_is_bf16_only_where_bf16_is_native(
     monkeypatch.setattr(precision, "cpu_flags", lambda cpuinfo=None: flags)
     assert glue_study.resolve_precision("auto") == expected
     assert glue_study.resolve_precision("32-true") == "32-true"
+
+
+def test_a_missing_dense_export_is_rebuilt_by_one_worker_while_the_other_trains(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb", "rte"), seeds=(42,), budgets=("paper",),
+                  records_dir=tmp_path / "records")  # fmt: skip
+    for spec, score in zip(study.dense_grid("stsb"), (84.0, 86.0, 85.0)):
+        record = finish(study, spec, score)
+        record["run_fingerprint"] = glue_study.run_fingerprint(spec)
+        glue_study.write_record(spec.record_path, record)
+        shutil.rmtree(spec.export_dir)  # a new machine: the records are there, the exports are not
+    monkeypatch.setattr(glue_study, "Study", lambda *args, **kwargs: study)
+    events: list[tuple[str, str]] = []
+    lock = threading.Lock()
+
+    def fake_rebuild(spec: RunSpec, threads: int | None) -> bool:
+        with lock:
+            events.append(("rebuild start", spec.name))
+        time.sleep(1.5)
+        spec.export_dir.mkdir(parents=True)
+        with lock:
+            events.append(("rebuild end", spec.name))
+        return True
+
+    def fake_execute(spec: RunSpec, keep_checkpoints: bool, threads: int | None) -> dict | None:
+        with lock:
+            events.append(("run", spec.name))
+            if len([e for e in events if e[0] == "run"]) >= 3:
+                return None  # stop the study here
+        time.sleep(0.3)
+        return finish(study, spec, 80.0)
+
+    monkeypatch.setattr(glue_study, "rebuild_export", fake_rebuild)
+    monkeypatch.setattr(glue_study, "execute", fake_execute)
+    glue_study.main(["run", "--work-dir", str(tmp_path / "work"), "--workers", "2"])
+    assert events[0] == ("rebuild start", study.dense_grid("stsb")[1].name)  # the best of the grid
+    during = events[1 : events.index(("rebuild end", study.dense_grid("stsb")[1].name))]
+    assert during and all(kind == "run" and "_rte_" in name for kind, name in during), events
+    assert len([e for e in events if e[0] == "rebuild start"]) == 1
