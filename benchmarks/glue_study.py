@@ -712,8 +712,8 @@ def cmd_run(args: argparse.Namespace) -> None:
     study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets),
                   precision=resolve_precision(args.precision))  # fmt: skip
     print(f"[start] new runs train in precision {study.precision} (resumed and rebuilt runs keep their own)", flush=True)
-    # Side by side, each run gets its share of the cores (on this 2-core CPU two 1-thread runs train about as fast
-    # as one 2-thread run: docs/BENCHMARKS.md; on another machine the issue measured 1.15x).
+    # Side by side, each run gets its share of the cores (two 1-thread runs: 1.19x the throughput of one 2-thread
+    # run on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x on its AMD EPYC).
     threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill <driver>` stops its runs too (resumable next time)
     try:
