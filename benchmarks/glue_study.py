@@ -250,10 +250,13 @@ def read_scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 def run_metrics(run_dir: Path) -> dict[str, Any]:
     """The study's metrics of one run from its events.
 
-    ``best_score``: the best ``val/score`` after the hard prune (after step 0 for a dense run), with each GLUE metric
-    ``val/<name>`` of that evaluation in ``best_metrics``; ``final_*``: the last evaluation; ``prune_*``: the dev
-    score just before and after the cut (``prune/score_before`` / ``prune/score_after``); ``val_scores``: all
-    ``(step, val/score)``; ``curves``: the series of :data:`CURVES` that the run logged (the ADMM dashboard).
+    ``best_score``: the best evaluation of the model the run exports: every ``val/score`` of a dense run; for a run
+    that cuts, ``prune/score_after`` (the score right after the cut) and every ``val/score`` after it, so that a cut at
+    the end of fit (the research code's recipe: no evaluation follows it) scores the cut model, not the dense one
+    before it. ``best_metrics``: each GLUE metric ``val/<name>`` of that evaluation (none for the cut's own score);
+    ``final_*``: the last of those evaluations; ``prune_*``: the dev score just before and after the cut
+    (``prune/score_before`` / ``prune/score_after``); ``val_scores``: all ``(step, val/score)``; ``curves``: the
+    series of :data:`CURVES` that the run logged (the ADMM dashboard).
     """
     scalars = read_scalars(run_dir)
     scores = scalars.get("val/score", [])
@@ -261,9 +264,10 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"No val/score in the TensorBoard events under {run_dir}.")
     prune = scalars.get("prune/score_after", [])
     prune_step = prune[0][0] if prune else None
-    eligible = [(step, v) for step, v in scores if prune_step is None or step >= prune_step] or scores
+    # The cut's own score first: a validation at the same step (the same model) does not replace it as the best.
+    eligible = scores if not prune else [prune[0], *((step, v) for step, v in scores if step >= prune_step)]
     best_step, best = max(eligible, key=lambda item: item[1])
-    final_step, final = scores[-1]
+    final_step, final = scores[-1] if not prune or scores[-1][0] >= prune_step else prune[0]
     metric_tags = [t for t in scalars if t.startswith("val/") and t not in ("val/score", "val/loss")]
 
     def at(step: int) -> dict[str, float]:

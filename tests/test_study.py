@@ -425,3 +425,21 @@ def test_a_missing_dense_export_is_rebuilt_by_one_worker_while_the_other_trains(
     during = events[1 : events.index(("rebuild end", study.dense_grid("stsb")[1].name))]
     assert during and all(kind == "run" and "_rte_" in name for kind, name in during), events
     assert len([e for e in events if e[0] == "rebuild start"]) == 1
+
+
+@pytest.mark.parametrize(
+    ("scalars", "best", "final"),
+    [
+        # the research code's recipe: the cut at the end of fit, after the last validation of the dense weights
+        ({"val/score": [(155, 57.4), (935, 58.1), (1559, 56.7)], "prune/score_after": [(1560, 49.8)]}, 49.8, 49.8),
+        # asp: the cut at fit start, then masked fine-tuning
+        ({"val/score": [(77, 55.0), (155, 58.0), (233, 57.0)], "prune/score_after": [(0, 47.0)]}, 58.0, 57.0),
+        # nxm: the dense-weight evaluations of the ADMM phase do not count, the ones after the cut do
+        ({"val/score": [(77, 61.0), (155, 56.0), (233, 57.5)], "prune/score_after": [(150, 55.5)]}, 57.5, 57.5),
+        ({"val/score": [(77, 61.0), (155, 62.0)]}, 62.0, 62.0),  # dense
+    ],
+)
+def test_a_runs_score_is_that_of_the_model_it_exports(tmp_path: Path, scalars: dict, best: float, final: float) -> None:
+    write_events(tmp_path, scalars)
+    metrics = glue_study.run_metrics(tmp_path)
+    assert (metrics["best_score"], metrics["final_score"]) == (pytest.approx(best), pytest.approx(final))
