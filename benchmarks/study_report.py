@@ -5,7 +5,8 @@
 Rewrites the text between the ``<!-- study_report:begin -->`` and ``<!-- study_report:end -->`` markers of
 ``docs/RESULTS.md`` (creating the file when it has none) and keeps everything outside them, the hand-written analysis.
 Writes ``docs/study_scores.png`` (dev score per method and task, both budgets, with the seed spread) and
-``docs/study_admm.png`` (the ADMM curves of one nxm run per task, from the curves stored in the records).
+``docs/study_admm.png`` (the ADMM curves of one nxm and the nxm_paper run per task, from the curves stored in the
+records).
 """
 
 from __future__ import annotations
@@ -239,25 +240,33 @@ def plot_scores(cells_by_budget: dict[str, Cells], path: Path) -> None:
 
 
 def plot_admm(records: Records, path: Path) -> bool:
-    """Per task, the flip rate and primal residual of its first nxm run at the paper budget; False when none ran."""
-    runs = {}
+    """Per task, the flip rate and primal residual of its first nxm run at the paper budget (solid) and of its
+    nxm_paper run (the research code's recipe, dashed); False when neither ran."""
+    runs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for r in records:
-        if r["method"] == "nxm" and r.get("budget") == "paper" and "admm/mask_flip_rate" in r["metrics"].get("curves", {}):
-            runs.setdefault(r["task"], r)
+        if (
+            r["method"] in ("nxm", "nxm_paper")
+            and r.get("budget") == "paper"
+            and "admm/mask_flip_rate" in r["metrics"].get("curves", {})
+        ):
+            runs[r["task"]].setdefault(r["method"], r)
     if not runs:
         return False
     fig, axes = plt.subplots(1, len(runs), figsize=(4.5 * len(runs), 3.6), squeeze=False)
-    for ax, r in zip(axes[0], runs.values()):
-        curves = r["metrics"]["curves"]
-        for tag, style in (("admm/mask_flip_rate", "o-"), ("admm/primal_residual", "x-")):
-            steps, values = zip(*curves[tag])
-            ax.plot(steps, values, style, markersize=3, label=tag.split("/")[1])
-        if r["metrics"].get("prune_step") is not None:
-            ax.axvline(r["metrics"]["prune_step"], color="red", linestyle="--", linewidth=0.8)
+    for ax, (task, by_method) in zip(axes[0], runs.items()):
+        for method, line in (("nxm", "-"), ("nxm_paper", "--")):
+            if method not in by_method:
+                continue
+            metrics = by_method[method]["metrics"]
+            for tag, marker, color in (("admm/mask_flip_rate", "o", "C0"), ("admm/primal_residual", "x", "C1")):
+                steps, values = zip(*metrics["curves"][tag])
+                ax.plot(steps, values, marker + line, color=color, markersize=3, label=f"{method} {tag.split('/')[1]}")
+            if metrics.get("prune_step") is not None:
+                ax.axvline(metrics["prune_step"], color="red", linestyle=line, linewidth=0.8)
         ax.set_yscale("log")
         ax.set_xlabel("optimizer step")
-        ax.set_title(f"{r['name']}", fontsize=8)
-        ax.legend(fontsize=7)
+        ax.set_title(f"{TASKS[task]}: the cut in red", fontsize=8)
+        ax.legend(fontsize=6)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
@@ -297,7 +306,8 @@ def generated_section(records: Records, docs: Path) -> list[str]:
     plot_scores(cells, docs / "study_scores.png")
     lines += ["![dev score per method and task](study_scores.png)", ""]
     if plot_admm(records, docs / "study_admm.png"):
-        lines += ["![ADMM flip rate and primal residual of one nxm run per task](study_admm.png)", ""]
+        caption = "ADMM flip rate and primal residual per task: nxm (solid), nxm_paper (dashed; batch 16: twice the steps an epoch)"
+        lines += [f"![{caption}](study_admm.png)", ""]
     lines += ["### The dense grid (seed 42; best epoch on dev)", "", *dense_grid_table(records), ""]
     lines += [f"### The sparse learning rates (`paper` budget, {TASKS[SWEEP_TASK]}, seed 42)", "", *sweep_table(records), ""]
     lines += ["### Compute", "", *compute_lines(records), ""]
