@@ -306,7 +306,7 @@ def generated_section(records: Records, docs: Path) -> list[str]:
     plot_scores(cells, docs / "study_scores.png")
     lines += ["![dev score per method and task](study_scores.png)", ""]
     if plot_admm(records, docs / "study_admm.png"):
-        caption = "ADMM flip rate and primal residual per task: nxm (solid), nxm_paper (dashed; batch 16: twice the steps an epoch)"
+        caption = "ADMM flip rate and primal residual per task: nxm (solid), nxm_paper (dashed; batch 16: twice the steps)"
         lines += [f"![{caption}](study_admm.png)", ""]
     lines += ["### The dense grid (seed 42; best epoch on dev)", "", *dense_grid_table(records), ""]
     lines += [f"### The sparse learning rates (`paper` budget, {TASKS[SWEEP_TASK]}, seed 42)", "", *sweep_table(records), ""]
