@@ -518,7 +518,10 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
     if result is None:
         return None
     command, wall, cpu, edits = result
-    extra = {"callback_edits": edits, "run_fingerprint": run_fingerprint(spec), "threads": threads or torch_threads(),
+    # The fingerprint the run was trained under (its marker), not that of the configs now: a config edited while it
+    # trained must leave its record stale.
+    trained_under = (spec.run_dir / "fingerprint").read_text()
+    extra = {"callback_edits": edits, "run_fingerprint": trained_under, "threads": threads or torch_threads(),
              "resumed": len(read_resumes(spec.run_dir))}  # fmt: skip
     record = make_record(spec, command, wall, cpu, extra)
     write_record(spec.record_path, record)

@@ -443,3 +443,24 @@ def test_a_runs_score_is_that_of_the_model_it_exports(tmp_path: Path, scalars: d
     write_events(tmp_path, scalars)
     metrics = glue_study.run_metrics(tmp_path)
     assert (metrics["best_score"], metrics["final_score"]) == (pytest.approx(best), pytest.approx(final))
+
+
+def test_a_config_edited_while_a_run_trains_leaves_its_record_stale(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
+    trained_under = glue_study.run_fingerprint(spec)
+    original = glue_study.method_config
+
+    def edited(method: str) -> dict:
+        config = original(method)
+        config["model"]["init_args"]["weight_decay"] = 0.1
+        return config
+
+    def train_then_edit(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
+        write_events(spec.run_dir, {"val/score": [(78, 60.0)]})
+        monkeypatch.setattr(glue_study, "method_config", edited)  # someone edits configs/ while the run trains
+        return 0, 1.0
+
+    monkeypatch.setattr(glue_study, "run_command", train_then_edit)
+    assert glue_study.execute(spec) is not None
+    assert json.loads(spec.record_path.read_text())["run_fingerprint"] == trained_under
+    assert glue_study.current_record(spec) is None  # stale under the edited config: it runs again
