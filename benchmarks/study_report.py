@@ -32,7 +32,7 @@ METHODS = {
     "dense": "dense (the best of the grid: the start and teacher)",
     "asp": "asp (magnitude 2:4 once + masked fine-tuning)",
     "asp_kd": "asp_kd (asp + distillation from dense)",
-    "nxm": "nxm (converging ADMM + cut + masked fine-tuning)",
+    "nxm": "nxm (converging ADMM with Fisher saliency + cut + masked fine-tuning)",
     "nxm_kd": "nxm_kd (nxm + distillation from dense)",
     "nxm_paper": "nxm_paper (the research code's recipe)",
 }
