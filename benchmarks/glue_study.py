@@ -31,7 +31,8 @@ Run from the repository root (in the background: the whole study takes days on a
     python benchmarks/study_report.py                     # docs/RESULTS.md and its plots from the records
 
 ``run --workers 2`` trains two ready runs side by side, the cores shared among them (``benchmarks/bench_parallel.py``
-measures whether that pays on a machine: 1.19x on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x on its AMD EPYC).
+measures whether that pays on a machine: 1.19x in bf16-mixed on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x in fp32
+on its AMD EPYC).
 ``run --precision`` (default ``auto``: ``bf16-mixed`` where bf16 is native, 0.64x the fp32 step time there, else
 ``32-true``) sets the precision of the runs it starts; it is not part of a run's fingerprint, so records made in
 another precision stay current, and each record says its own. ``kill <driver>`` stops its runs too; they resume from
@@ -89,7 +90,8 @@ SWEEP_TASK = "stsb"
 SPARSE_LRS = (1e-4, 5e-5, 2e-4)  # in running order: the paper's range first
 MIN_ZSTEPS = 20
 FP32 = "32-true"  # the shipped configs' precision (Lightning's default)
-PRECISIONS = ("auto", FP32, "bf16-mixed")  # auto: bf16-mixed where the CPU or GPU has native bf16, else fp32
+BF16 = "bf16-mixed"
+PRECISIONS = ("auto", FP32, BF16)  # auto: bf16-mixed where the CPU or GPU has native bf16, else fp32
 
 
 def method_config(method: str) -> dict[str, Any]:
@@ -264,7 +266,10 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
         raise ValueError(f"No val/score in the TensorBoard events under {run_dir}.")
     prune = scalars.get("prune/score_after", [])
     prune_step = prune[0][0] if prune else None
-    # The cut's own score first: a validation at the same step (the same model) does not replace it as the best.
+    # The cut's own score first, so that it wins a tie. Lightning logs an epoch-end validation at the step before the
+    # one it follows: after a cut on an epoch's last batch, that validation (of the cut model) falls before the cut's
+    # step and is left out, but the cut's own score is the same model's; one logged there after a cut at an epoch end
+    # (nxm_paper's) is of the dense model and must be left out.
     eligible = scores if not prune else [prune[0], *((step, v) for step, v in scores if step >= prune_step)]
     best_step, best = max(eligible, key=lambda item: item[1])
     final_step, final = scores[-1] if not prune or scores[-1][0] >= prune_step else prune[0]
@@ -452,23 +457,26 @@ def train(
     A run stopped midway (its session ended, or the driver was stopped) resumes from its ``last.ckpt``, written at
     every epoch end, when its config and command are unchanged (``<run dir>/fingerprint``); a run whose fit finished
     but whose record was not written is not trained again (``fit_done.json``). Anything else, a failed run included,
-    starts from scratch, as does every run when ``fresh``. Wall and CPU seconds are the sums over the attempts that the
-    driver saw end (``attempts.json``; an attempt killed with its driver is missing, and a stopped attempt's work after
-    its last checkpoint, redone by the next, counts); ``resumes.json`` lists when each resumed attempt started.
+    starts from scratch, as does every run when ``fresh`` (and one stopped before its first checkpoint: that attempt's
+    time is not counted). Wall and CPU seconds are the sums over the attempts that the driver saw end
+    (``attempts.json``; an attempt killed with its driver is missing, and a stopped attempt's work after its last
+    checkpoint, redone by the next, counts); ``resumes.json`` lists when each resumed attempt started.
     """
     fingerprint = run_fingerprint(spec)
     last, marker, done = (spec.run_dir / name for name in ("checkpoints/last.ckpt", "fingerprint", "fit_done.json"))
     resumable = not fresh and marker.exists() and marker.read_text() == fingerprint
+    resume = resumable and last.exists()
     started_in = spec.run_dir / "precision"
-    if resumable:
-        # A run resumes in the precision it started in (fp32 for a run dir from before the study chose precisions).
+    if resumable and (resume or done.exists()):
+        # A run resumes (or is recorded) in the precision it started in (fp32 for a run dir from before the study chose
+        # precisions).
         spec.precision = started_in.read_text() if started_in.exists() else FP32
+        warn_if_emulated(spec)
     command = spec.command()
     edits = spec.write_config()
     if resumable and done.exists():
         finished = json.loads(done.read_text())
         return command, finished["wall_s"], finished["cpu_s"], edits
-    resume = resumable and last.exists()
     if resume:
         resumes = [*read_resumes(spec.run_dir), (last.stat().st_mtime, time.time())]
         (spec.run_dir / "resumes.json").write_text(json.dumps(resumes))
@@ -521,8 +529,10 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
     # The fingerprint the run was trained under (its marker), not that of the configs now: a config edited while it
     # trained must leave its record stale.
     trained_under = (spec.run_dir / "fingerprint").read_text()
+    spent = spec.run_dir / "attempts.json"  # what the wall and CPU time sum over (missing: a run dir of older code)
+    attempts = len(json.loads(spent.read_text())) if spent.exists() else None
     extra = {"callback_edits": edits, "run_fingerprint": trained_under, "threads": threads or torch_threads(),
-             "resumed": len(read_resumes(spec.run_dir))}  # fmt: skip
+             "resumed": len(read_resumes(spec.run_dir)), "attempts": attempts}  # fmt: skip
     record = make_record(spec, command, wall, cpu, extra)
     write_record(spec.record_path, record)
     (spec.run_dir / "fit_done.json").unlink()  # the record stands for it now
@@ -535,6 +545,7 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
 def rebuild_export(spec: RunSpec, threads: int | None = None) -> bool:
     """Run a recorded dense run again for its export (missing on a new machine); note the rebuild in its record."""
     spec.precision = json.loads(spec.record_path.read_text()).get("precision", FP32)  # what the record was made in
+    warn_if_emulated(spec)
     print(f"[rebuild] {spec.name}: its export is missing; running its recorded command again", flush=True)
     result = train(spec, threads, fresh=True)
     if result is None or not spec.export_dir.exists():
@@ -702,8 +713,8 @@ def _stop_on_sigterm(signum: int, frame: object) -> None:
 
 def resolve_precision(choice: str) -> str:
     """``--precision``: ``auto`` becomes what this machine trains fastest in with fp32 weights (bf16-mixed where the
-    GPU or the CPU has native bf16: 1.4-1.6x the fp32 speed of a MiniLM step on an AVX-512 BF16 CPU, docs/BENCHMARKS.md;
-    emulated bf16 would be about 5x slower than fp32)."""
+    GPU or the CPU has native bf16: 0.64x the fp32 time of a MiniLM step on an AVX-512 BF16 CPU, docs/BENCHMARKS.md;
+    emulated bf16 took 18.9x the fp32 time on an AVX2-only CPU)."""
     if choice != "auto":
         return choice
     import torch
@@ -712,7 +723,14 @@ def resolve_precision(choice: str) -> str:
 
     capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
     precision, _ = recommended_precision(capability, has_fast_bf16_cpu())
-    return precision if precision in PRECISIONS else FP32  # 16-mixed (an old GPU) is not one of the study's
+    return precision if precision == BF16 else FP32  # 16-mixed (an old GPU) is not one of the study's
+
+
+def warn_if_emulated(spec: RunSpec) -> None:
+    """Say so when a run must train in bf16 (resumed, or rebuilt for its export) on a machine without native bf16."""
+    if spec.precision == BF16 and resolve_precision("auto") != BF16:
+        print(f"[warn] {spec.name}: it started (or was recorded) in bf16-mixed, which this machine emulates (18.9x the "
+              "fp32 time on an AVX2-only CPU, docs/BENCHMARKS.md); it keeps that precision", flush=True)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -720,7 +738,7 @@ def cmd_run(args: argparse.Namespace) -> None:
                   precision=resolve_precision(args.precision))  # fmt: skip
     print(f"[start] new runs train in precision {study.precision} (resumed and rebuilt runs keep their own)", flush=True)
     # Side by side, each run gets its share of the cores (two 1-thread runs: 1.19x the throughput of one 2-thread
-    # run on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x on its AMD EPYC).
+    # run in bf16-mixed on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x in fp32 on its AMD EPYC).
     threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill <driver>` stops its runs too (resumable next time)
     try:

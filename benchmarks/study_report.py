@@ -311,8 +311,10 @@ def generated_section(records: Records, docs: Path) -> list[str]:
     lines += ["### The dense grid (seed 42; best epoch on dev)", "", *dense_grid_table(records), ""]
     lines += [f"### The sparse learning rates (`paper` budget, {TASKS[SWEEP_TASK]}, seed 42)", "", *sweep_table(records), ""]
     lines += ["### Compute", "", *compute_lines(records), ""]
-    lines += ["A run's time is the sum of its attempts when it was resumed (records finished before 2026-12-01 count "
-              "only the last attempt); wall hours of runs trained side by side overlap.", ""]  # fmt: skip
+    unsummed = sum(1 for r in records if r.get("resumed") and not r.get("attempts"))
+    lines += [f"A resumed run's time is the sum of its attempts where its record counts them (`attempts`; {unsummed} "
+              "resumed record(s) made before that count only the last attempt); wall hours of runs trained side by "
+              "side overlap.", ""]  # fmt: skip
     lines += ["### Every run", "", *runs_table(records), ""]
     lines += ["### Machine and packages", "", *environment_lines(records), "", "### Exact commands", "", *command_lines(records)]
     return [*lines, "", END]
