@@ -496,9 +496,8 @@ def train(
         log.flush()
         status, cpu = run_command(attempt, log, threads)
     wall = time.monotonic() - start
-    attempts = spec.run_dir / "attempts.json"
-    spent = [*(json.loads(attempts.read_text()) if attempts.exists() else []), [wall, cpu]]
-    attempts.write_text(json.dumps(spent))
+    spent = [*read_attempts(spec.run_dir), [wall, cpu]]
+    (spec.run_dir / "attempts.json").write_text(json.dumps(spent))
     if _stopping.is_set() or status in STOPPED:
         print(f"[stopped] {spec.name}: exit status {status} after {wall:.0f} s; it resumes at the next run", flush=True)
         return None
@@ -509,6 +508,12 @@ def train(
     total_wall, total_cpu = (sum(column) for column in zip(*spent))
     done.write_text(json.dumps({"wall_s": total_wall, "cpu_s": total_cpu}))
     return command, total_wall, total_cpu, edits
+
+
+def read_attempts(run_dir: Path) -> list[list[float]]:
+    """The wall and CPU seconds of each attempt of the run that the driver saw end."""
+    path = run_dir / "attempts.json"
+    return json.loads(path.read_text()) if path.exists() else []
 
 
 def read_resumes(run_dir: Path) -> list[tuple[float, float]]:
@@ -529,8 +534,8 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
     # The fingerprint the run was trained under (its marker), not that of the configs now: a config edited while it
     # trained must leave its record stale.
     trained_under = (spec.run_dir / "fingerprint").read_text()
-    spent = spec.run_dir / "attempts.json"  # what the wall and CPU time sum over (missing: a run dir of older code)
-    attempts = len(json.loads(spent.read_text())) if spent.exists() else None
+    # What the wall and CPU time sum over (none listed: a run dir of older code, which counted only the last attempt).
+    attempts = len(read_attempts(spec.run_dir)) or None
     extra = {"callback_edits": edits, "run_fingerprint": trained_under, "threads": threads or torch_threads(),
              "resumed": len(read_resumes(spec.run_dir)), "attempts": attempts}  # fmt: skip
     record = make_record(spec, command, wall, cpu, extra)
