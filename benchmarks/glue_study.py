@@ -9,7 +9,8 @@ another, and a run killed midway (its session ended) resumes from its last epoch
 still there. Runs, exports and logs go to the work dir (``benchmarks/results/study``, not committed); a dense export that
 a sparse run needs and that is missing (a new machine) is rebuilt by running its record's command again.
 
-The plan, in the order it runs (each task in turn, so that a partial study gives whole tasks):
+The plan, in the order it runs (seed by seed across the tasks, so that a partial study gives whole seeds of the
+4-task average that the goals are on; the short budget after every seed of the paper budget):
 
 1. ``dense``: ``configs/glue_dense.yaml`` at each learning rate of :data:`DENSE_LRS` for up to 10 epochs, stopped
    after 3 epochs without a better dev score; the best epoch is exported. The best run of the task is the start of
@@ -648,13 +649,18 @@ class Study:
             yield item
 
     def _all_runs(self) -> Iterator[RunSpec | Waiting]:
-        for task in self.tasks:
-            yield from self.dense_grid(task)
-            if task == SWEEP_TASK and "paper" in self.budgets:
-                # asp and nxm in turn at each rate, so that the first pair compares them as early as possible.
-                yield from self._planned(lambda: [spec for pair in zip(self.sweep("asp"), self.sweep("nxm")) for spec in pair])
-            for budget in self.budgets:
-                for seed in self.seeds:
+        # Seed by seed across the tasks, so that a partial study gives the 4-task average of a whole seed early
+        # (the goals are on that average); each task's dense grid (and the sweep) comes just before its first runs.
+        for budget in self.budgets:
+            for seed in self.seeds:
+                for task in self.tasks:
+                    if (budget, seed) == (self.budgets[0], self.seeds[0]):
+                        yield from self.dense_grid(task)
+                        if task == SWEEP_TASK and "paper" in self.budgets:
+                            # asp and nxm in turn at each rate, so that the first pair compares them early.
+                            yield from self._planned(
+                                lambda: [spec for pair in zip(self.sweep("asp"), self.sweep("nxm")) for spec in pair]
+                            )
                     for method in BUDGETS[budget].methods:
                         if seed != self.seeds[0] and method in BUDGETS[budget].first_seed_only:
                             continue

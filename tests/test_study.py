@@ -75,6 +75,22 @@ def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense
     assert len(names) == len(set(names)) == 3 + 6 + 2 * 4 - 2 + 1 + 2 * 2  # no run planned twice
 
 
+def test_the_plan_goes_seed_by_seed_across_the_tasks_and_each_dense_grid_just_before_its_tasks_runs(tmp_path: Path) -> None:
+    records = tmp_path / "records"
+    study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb", "rte"), seeds=(42, 43), records_dir=records)
+    for task in study.tasks:
+        for spec, score in zip(study.dense_grid(task), (84.0, 86.0, 85.0)):
+            finish(study, spec, score)
+    for method in ("asp", "nxm"):
+        for spec, score in zip(study.sweep(method), (83.0, 81.0, 82.0)):
+            finish(study, spec, score)
+    order = [(s.budget or "dense", s.seed, s.task) for s in study.runs() if isinstance(s, RunSpec)]
+    blocks = [key for i, key in enumerate(order) if i == 0 or order[i - 1] != key]
+    assert blocks == [("dense", 42, "stsb"), ("paper", 42, "stsb"), ("dense", 42, "rte"), ("paper", 42, "rte"),
+                      ("paper", 43, "stsb"), ("paper", 43, "rte"),
+                      ("short", 42, "stsb"), ("short", 42, "rte"), ("short", 43, "stsb"), ("short", 43, "rte")]  # fmt: skip
+
+
 def test_run_trains_ready_runs_two_at_a_time_and_stops_launching_after_a_failure(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
