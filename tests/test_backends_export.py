@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import run_verify
 from safetensors.torch import load_file, save_file
+from tiny_models import tiny_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
@@ -18,6 +19,7 @@ from nxm_lightning.sparsity.sparse_linear import (
     NxMLinear,
     pack_nxm,
     reroute_to_backend,
+    route_to_backend,
     select_backend,
     semi_structured_unavailable_reason,
     unpack_nxm,
@@ -99,6 +101,40 @@ def test_unknown_backend_and_non_nxm_weight() -> None:
         NxMLinear.from_linear(nn.Linear(8, 4), P24, "masked")
 
 
+@pytest.mark.parametrize("arch", ["bert", "gpt2"])
+@pytest.mark.parametrize("backend", ["masked", "packed"])
+def test_a_routed_model_saves_and_loads_as_the_plain_pruned_model(tmp_path: Path, arch: str, backend: str) -> None:
+    model = tiny_model(arch).eval()
+    targets = select_targets(model)
+    with torch.no_grad():
+        for t in targets:
+            t.weight.copy_(nxm_project(t.weight, 2, 4))
+    plain = {k: v.clone() for k, v in model.state_dict().items()}
+    route_to_backend(model, targets, backend)
+    assert all(isinstance(model.get_submodule(t.name), NxMLinear) for t in targets)
+    routed = model.state_dict()
+    assert routed.keys() == plain.keys() and all(torch.equal(routed[k], v) for k, v in plain.items())  # GPT-2: [in, out]
+    tokens = torch.randint(0, 100, (2, 8))
+    with torch.no_grad():
+        logits = model(tokens).logits
+        model.save_pretrained(tmp_path / "resaved")
+        reloaded = AutoModelForSequenceClassification.from_pretrained(tmp_path / "resaved").eval()
+        torch.testing.assert_close(reloaded(tokens).logits, logits)
+    # Into a routed model: packed again for its backend; a weight that is not 2:4 is refused, naming the layer.
+    other = tiny_model(arch).eval()
+    other_targets = select_targets(other)
+    with torch.no_grad():
+        for t in other_targets:
+            t.weight.copy_(nxm_project(t.weight.flip(0), 2, 4))
+    route_to_backend(other, other_targets, backend)
+    other.load_state_dict(plain)
+    with torch.no_grad():
+        torch.testing.assert_close(other(tokens).logits, logits)
+    plain[f"{targets[0].name}.weight"] += 1.0
+    with pytest.raises(RuntimeError, match=rf"{targets[0].name}.weight into an NxMLinear \({backend}\): Weight is not 2:4"):
+        other.load_state_dict(plain)
+
+
 @pytest.mark.cuda
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_semi_structured_matches_masked_on_gpu(dtype: torch.dtype) -> None:
@@ -163,6 +199,7 @@ def test_an_auto_layer_routed_on_the_cpu_serves_semi_structured_on_the_gpu() -> 
     expected = nn.functional.linear(x, linear.weight, linear.bias)
     assert model[0].weight.dtype == torch.bfloat16
     assert torch.allclose(model(x.cuda()).float().cpu(), expected, atol=5e-2, rtol=5e-2)
+    assert torch.equal(model.state_dict()["0.weight"].cpu(), linear.weight.detach().bfloat16())  # saved dense
     model.cpu()  # as Lightning's teardown does
     assert reroute_to_backend(model, "auto", dtype=torch.bfloat16) == {"masked"}
     assert torch.allclose(model(x), expected, atol=5e-2, rtol=5e-2)

@@ -207,9 +207,9 @@ def test_hard_prune_routes_in_the_trainers_compute_dtype(
     seen: list[torch.dtype | None] = []
     build = NxMLinear.from_linear
 
-    def spy(linear, pattern, backend="auto", strict=False, compute_dtype=None) -> NxMLinear:  # noqa: ANN001
+    def spy(linear, pattern, backend="auto", strict=False, compute_dtype=None, transposed=False) -> NxMLinear:  # noqa: ANN001
         seen.append(compute_dtype)
-        return build(linear, pattern, backend, strict, compute_dtype)
+        return build(linear, pattern, backend, strict, compute_dtype, transposed)
 
     monkeypatch.setattr(hard_prune_module.NxMLinear, "from_linear", spy)
     model = ToyModule()

@@ -148,18 +148,24 @@ class NxMLinear(nn.Module):
 
     Build it from a pruned ``nn.Linear`` with :meth:`from_linear`; :meth:`dense_weight` gives the weight back with
     exact zeros whatever the backend (for export and verification; ``semi_structured`` holds it in the compute dtype).
+
+    Its state dict is that of the layer it replaced whatever the backend: ``weight`` (dense, exact zeros; ``[in, out]``
+    for a GPT-2 ``Conv1D``) and ``bias``. So a routed model still saves with ``save_pretrained`` and loads back with
+    ``from_pretrained`` as a plain model, and a checkpoint does not depend on the device that wrote it; loading a state
+    dict into an NxMLinear packs the weight for its backend again, and refuses one that is not N:M.
     """
 
-    def __init__(self, in_features: int, out_features: int, pattern: NxMPattern, backend: str) -> None:
+    def __init__(self, in_features: int, out_features: int, pattern: NxMPattern, backend: str, transposed: bool = False) -> None:
         super().__init__()
         self.in_features, self.out_features = in_features, out_features
         self.pattern = pattern
         self.backend = backend
+        self.transposed = transposed  # it replaced a Conv1D, whose state dict holds the weight as [in, out]
 
     @classmethod
     def from_linear(
         cls, linear: nn.Linear, pattern: NxMPattern, backend: str = "auto", strict: bool = False,
-        compute_dtype: torch.dtype | None = None,
+        compute_dtype: torch.dtype | None = None, transposed: bool = False,
     ) -> NxMLinear:  # fmt: skip
         """Serve a pruned ``linear``.
 
@@ -169,26 +175,37 @@ class NxMLinear(nn.Module):
             backend / strict: as in :func:`select_backend`.
             compute_dtype: the dtype the model computes in (:func:`nxm_lightning.sparsity.precision.compute_dtype`);
                 ``semi_structured`` stores weight and bias in it, the other backends keep the weight's own dtype.
+            transposed: ``linear`` stands for a GPT-2 ``Conv1D`` (:func:`~nxm_lightning.sparsity.targets.as_linear`):
+                the state dict keeps that layer's ``[in, out]`` weight.
         """
         weight = linear.weight.detach()
         chosen = select_backend(backend, weight, pattern, strict=strict, compute_dtype=compute_dtype)
-        module = cls(linear.in_features, linear.out_features, pattern, chosen)
+        module = cls(linear.in_features, linear.out_features, pattern, chosen, transposed)
         module.bias = None if linear.bias is None else nn.Parameter(linear.bias.detach().clone(), requires_grad=False)
         if chosen == "semi_structured" and compute_dtype is not None:
             weight = weight.to(compute_dtype)
             module.bias = None if module.bias is None else nn.Parameter(module.bias.to(compute_dtype), requires_grad=False)
-        if chosen == "packed":
-            values, positions = pack_nxm(weight, pattern)
-            module.register_buffer("values", values)
-            module.register_buffer("positions", positions)
-        elif chosen == "semi_structured":
-            sparse = _semi_structured_class().from_dense(weight.contiguous())
-            module.weight = nn.Parameter(sparse, requires_grad=False)
-        else:
-            if not bool((weight == weight * nxm_mask(weight, pattern.n, pattern.m)).all()):
-                raise ValueError(f"Weight is not {pattern}-sparse; prune it before building an NxMLinear.")
-            module.weight = nn.Parameter(weight.clone(), requires_grad=False)
+        module._store(weight)
         return module
+
+    def _store(self, weight: torch.Tensor) -> None:
+        """Hold the dense N:M ``weight`` ``[out, in]`` in this layer's backend (a ValueError if it is not N:M)."""
+        # Every backend: the sparse kernels' conversion would silently drop the surplus non-zeros of a bad group.
+        violation = first_violation(weight, self.pattern.n, self.pattern.m)
+        if violation is not None:
+            row, col, count = violation
+            raise ValueError(
+                f"Weight is not {self.pattern}-sparse (row {row}, input columns {col}..{col + self.pattern.m - 1} "
+                f"hold {count} non-zeros); prune it before building or loading an NxMLinear."
+            )
+        if self.backend == "packed":
+            values, positions = pack_nxm(weight, self.pattern)
+            self.register_buffer("values", values)
+            self.register_buffer("positions", positions)
+        elif self.backend == "semi_structured":
+            self.weight = nn.Parameter(_semi_structured_class().from_dense(weight.contiguous()), requires_grad=False)
+        else:
+            self.weight = nn.Parameter(weight.clone(), requires_grad=False)
 
     def dense_weight(self) -> torch.Tensor:
         if self.backend == "packed":
@@ -196,6 +213,44 @@ class NxMLinear(nn.Module):
         if self.backend == "semi_structured":
             return self.weight.to_dense()
         return self.weight
+
+    def _save_to_state_dict(self, destination: dict, prefix: str, keep_vars: bool) -> None:
+        weight = self.dense_weight()
+        weight = weight if keep_vars else weight.detach()
+        destination[prefix + "weight"] = weight.t().contiguous() if self.transposed else weight
+        if self.bias is not None:
+            destination[prefix + "bias"] = self.bias if keep_vars else self.bias.detach()
+
+    def _load_from_state_dict(
+        self, state_dict: dict, prefix: str, local_metadata: dict, strict: bool, missing_keys: list[str],
+        unexpected_keys: list[str], error_msgs: list[str],
+    ) -> None:  # fmt: skip
+        names = {"weight", "bias"} if self.bias is not None else {"weight"}
+        missing_keys.extend(prefix + name for name in sorted(names) if prefix + name not in state_dict)
+        if strict:
+            unexpected_keys.extend(k for k in state_dict if k.startswith(prefix) and k.removeprefix(prefix) not in names)
+        if prefix + "weight" not in state_dict:
+            return
+        loaded = state_dict[prefix + "weight"]
+        weight = loaded.t() if self.transposed else loaded
+        if tuple(weight.shape) != (self.out_features, self.in_features):
+            error_msgs.append(
+                f"size mismatch for {prefix}weight: copying a param with shape {tuple(loaded.shape)}, the shape in the "
+                f"current model is {tuple(self._save_shape())}."
+            )
+            return
+        held = self.values if self.backend == "packed" else self.weight
+        try:
+            self._store(weight.detach().to(device=held.device, dtype=held.dtype))
+        except (ValueError, RuntimeError) as err:
+            error_msgs.append(f"While loading {prefix}weight into an NxMLinear ({self.backend}): {err}")
+            return
+        if self.bias is not None and prefix + "bias" in state_dict:
+            with torch.no_grad():
+                self.bias.copy_(state_dict[prefix + "bias"])
+
+    def _save_shape(self) -> tuple[int, int]:
+        return (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "semi_structured":
@@ -242,7 +297,7 @@ def route_to_backend(
         current = root.get_submodule(t.name)
         if isinstance(current, NxMLinear):
             continue
-        sparse = NxMLinear.from_linear(as_linear(current), t.pattern, backend, strict, dtype)
+        sparse = NxMLinear.from_linear(as_linear(current), t.pattern, backend, strict, dtype, t.transposed)
         replace_module(root, t.name, sparse)
         chosen.add(sparse.backend)
     return chosen
@@ -278,7 +333,7 @@ def reroute_to_backend(root: nn.Module, backend: str, strict: bool = False, dtyp
             linear.weight.copy_(weight)
             if layer.bias is not None:
                 linear.bias.copy_(layer.bias.to(weight.dtype))
-        sparse = NxMLinear.from_linear(linear, layer.pattern, backend, strict, dtype)
+        sparse = NxMLinear.from_linear(linear, layer.pattern, backend, strict, dtype, layer.transposed)
         replace_module(root, name, sparse)
         chosen.add(sparse.backend)
     return chosen
