@@ -16,10 +16,11 @@ The plan, in the order it runs (seed by seed across the tasks, so that a partial
    after 3 epochs without a better dev score; the best epoch is exported. The best run of the task is the start of
    every sparse method and the teacher of the ``_kd`` ones.
 2. On :data:`SWEEP_TASK` only: ``asp`` and ``nxm`` at the ``paper`` budget for each of :data:`SPARSE_LRS`; the best
-   becomes the learning rate of that method (and of its ``_kd`` partner) on every task.
+   becomes the learning rate of that method (and of its ``_kd`` and ``_fisher`` partners) on every task.
 3. The ``paper`` budget (10 epochs after the dense stage; ADMM's phase holds at least 20 Z-steps): ``asp``
    (``glue_asp.yaml``), ``asp_kd`` (``glue_asp_kd.yaml``), ``nxm`` (``glue_nxm.yaml``), ``nxm_kd`` (``glue_kd.yaml``)
-   for every seed, ``nxm_paper`` (``glue_paper.yaml``, the research code's recipe) for the first seed.
+   for every seed; for the first seed, ``nxm_paper`` (``glue_paper.yaml``, the research code's recipe) and the
+   ablation ``asp_fisher`` (``glue_asp_fisher.yaml``: asp's one-shot cut ranked by Fisher, as nxm ranks).
 4. The ``short`` budget (1 epoch after the dense stage, the previous study's): ``asp`` and ``nxm`` at the
    learning rates that study chose, for every seed.
 
@@ -78,12 +79,14 @@ METHOD_CONFIGS = {
     "dense": "glue_dense.yaml",
     "asp": "glue_asp.yaml",
     "asp_kd": "glue_asp_kd.yaml",
+    "asp_fisher": "glue_asp_fisher.yaml",
     "nxm": "glue_nxm.yaml",
     "nxm_kd": "glue_kd.yaml",
     "nxm_paper": "glue_paper.yaml",
 }
 KD_METHODS = ("asp_kd", "nxm_kd")
-LR_PARTNER = {"asp": "asp", "asp_kd": "asp", "nxm": "nxm", "nxm_kd": "nxm"}  # whose sweep sets the learning rate
+# Whose sweep sets each method's learning rate.
+LR_PARTNER = {"asp": "asp", "asp_kd": "asp", "asp_fisher": "asp", "nxm": "nxm", "nxm_kd": "nxm"}
 DENSE_LRS = (5e-5, 1e-4, 2e-4)
 DENSE_EPOCHS = 10
 DENSE_PATIENCE = 3
@@ -111,7 +114,8 @@ class Budget:
 
 
 BUDGETS = {
-    "paper": Budget(10, ("asp", "asp_kd", "nxm", "nxm_kd", "nxm_paper"), first_seed_only=("nxm_paper",)),
+    "paper": Budget(10, ("asp", "asp_kd", "nxm", "nxm_kd", "nxm_paper", "asp_fisher"),
+                    first_seed_only=("nxm_paper", "asp_fisher")),
     "short": Budget(1, ("asp", "nxm"), fixed_lrs={"asp": 2e-4, "nxm": 3e-4}),
 }
 # SST-2's 67k examples would take a day an epoch-set here: a fixed random subset (the same for every run).

@@ -9,7 +9,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import log_now, optimizer_stepped, project_targets, refuse_sharded_strategy
-from callbacks._precision import refuse_fp16_weights
+from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
 from callbacks.nxm_sparsify import NxMSparsifyCallback
@@ -18,12 +18,13 @@ from nxm_lightning.sparsity.export import export_pretrained
 from nxm_lightning.sparsity.model_card import card_facts
 from nxm_lightning.sparsity.nxm import first_violation
 from nxm_lightning.sparsity.precision import compute_dtype
+from nxm_lightning.sparsity.saliency import Saliency, SquaredGradientSum, check_saliency
 from nxm_lightning.sparsity.sparse_linear import NxMLinear, check_backend_name, reroute_to_backend, route_to_backend
 from nxm_lightning.sparsity.targets import Target
 
 
 class HardPruneCallback(TargetingCallback):
-    r"""Prune the targets to exactly N:M by magnitude, keep the masks fixed for the rest of training, then serve.
+    r"""Prune the targets to exactly N:M (by magnitude or Fisher), keep the masks fixed for the rest of training, then serve.
 
     When to prune:
     - after ADMM (``after_admm``): when the ADMM phase of the trainer's :class:`NxMSparsifyCallback` ends, with its
@@ -49,6 +50,10 @@ class HardPruneCallback(TargetingCallback):
             ``at_epoch`` nor ``at_step`` is set; ``True``: follow it, and refuse to train without one; ``False``:
             never follow one (prune at ``at_epoch`` / ``at_step`` / fit start even beside a sparsifier).
         at_epoch / at_step: prune at the start of this epoch / before this optimizer step (at most one).
+        saliency: what the cut keeps in each group when this callback chooses the masks itself (not after ADMM, whose
+            sparsifier chooses them with its own ``saliency``): ``"magnitude"`` (ASP's) or ``"fisher"``, the squared
+            gradients summed over every optimizer step before the cut times W^2 (:mod:`nxm_lightning.sparsity.saliency`);
+            ``fisher`` needs such steps: set ``at_step`` or ``at_epoch`` (>= 1).
         backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparsity.sparse_linear`).
         backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
         export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json`` +
@@ -60,6 +65,8 @@ class HardPruneCallback(TargetingCallback):
 
         # ASP baseline: magnitude 2:4 at fit start, then masked fine-tuning
         trainer = Trainer(callbacks=[HardPruneCallback(pattern="2:4", export_dir="exports/asp")])
+        # the cut ranked by Fisher, estimated over the first 50 (dense) optimizer steps
+        trainer = Trainer(callbacks=[HardPruneCallback(pattern="2:4", at_step=50, saliency="fisher")])
     """
 
     def __init__(
@@ -68,6 +75,7 @@ class HardPruneCallback(TargetingCallback):
         after_admm: bool | None = None,
         at_epoch: int | None = None,
         at_step: int | None = None,
+        saliency: Saliency = "magnitude",
         backend: str = "auto",
         backend_strict: bool = False,
         export_dir: str | None = None,
@@ -85,7 +93,15 @@ class HardPruneCallback(TargetingCallback):
                 f"after_admm=True prunes when the ADMM phase ends; at_epoch={at_epoch} / at_step={at_step} name another "
                 "point. Set one or the other."
             )
+        check_saliency(saliency)
+        if saliency == "fisher" and not (at_epoch or at_step):
+            raise ValueError(
+                "saliency='fisher' ranks by the squared gradients of the optimizer steps before the cut, and a cut at "
+                f"fit start or after ADMM (at_epoch={at_epoch}, at_step={at_step}) has none of its own: set at_step "
+                "(e.g. 50) or at_epoch >= 1. After ADMM, set saliency on the NxMSparsifyCallback instead."
+            )
         self.after_admm = after_admm
+        self.saliency = saliency
         self.at_epoch, self.at_step = at_epoch, at_step
         self.backend, self.backend_strict = backend, backend_strict
         self.export_dir = export_dir
@@ -95,6 +111,7 @@ class HardPruneCallback(TargetingCallback):
         # The validation score just before and after the cut, for the export's model card.
         self.scores: dict[str, float] = {}
         self.follow_admm = False
+        self.fisher: SquaredGradientSum | None = None  # saliency="fisher", until the cut
         self._pending_state: dict[str, Any] | None = None
 
     @property
@@ -133,28 +150,48 @@ class HardPruneCallback(TargetingCallback):
         else:
             self.targets = self.spec.select(pl_module)
         refuse_fp16_weights(trainer, self.targets, type(self).__name__)
+        if self.saliency == "fisher":
+            self.fisher = SquaredGradientSum(self.targets)
         if self._pending_state is not None:
-            self._load_masks(self._pending_state)
+            self._load_state(self._pending_state)
             self._pending_state = None
         elif not self.follow_admm and self.at_epoch is None and self.at_step is None:
             self._prune(trainer, pl_module, "fit start")
 
-    def _load_masks(self, state: dict[str, Any]) -> None:
-        if not state.get("masks"):
-            return
-        check_layers_match(state["patterns"], state["shapes"], self.targets, what="hard-prune mask set")
-        device = self.targets[0].module.weight.device
-        self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
-        self._apply_masks()
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("masks"):
+            check_layers_match(state["patterns"], state["shapes"], self.targets, what="hard-prune mask set")
+            device = self.targets[0].module.weight.device
+            self.masks = {name: mask.to(device) for name, mask in state["masks"].items()}
+            self._apply_masks()
+            self.fisher = None
+        elif self.fisher is not None and state.get("fisher"):
+            check_layers_match(state["patterns"], state["shapes"], self.targets, what="Fisher estimate")
+            self.fisher.load_state_dict(state["fisher"])
+        elif self.fisher is not None:
+            rank_zero_warn(
+                "HardPruneCallback(saliency='fisher'): the checkpoint holds no Fisher estimate (written with saliency "
+                "'magnitude'?), so the cut ranks by the squared gradients of the steps from here on only."
+            )
 
     # ---- pruning and masked fine-tuning --------------------------------------------------------------------------
 
     def _prune(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, when: str, masks: dict[str, torch.Tensor] | None = None
     ) -> None:
-        """Cut the targets to N:M: with ``masks`` (ADMM's choice) if given, else by magnitude."""
+        """Cut the targets to N:M: with ``masks`` (ADMM's choice) if given, else by this callback's saliency."""
         if self.pruned:
             return
+        ranked_by = "ADMM's masks" if masks is not None else "magnitude"
+        if masks is None and self.fisher is not None:
+            if self.fisher.steps:
+                masks, ranked_by = self.fisher.masks(), f"Fisher over {self.fisher.steps} steps"
+            else:
+                rank_zero_warn(
+                    f"HardPruneCallback(saliency='fisher'): no optimizer step before the cut at {when} to estimate the "
+                    "Fisher from; the cut ranks by magnitude."
+                )
+        self.fisher = None
         evaluate = getattr(pl_module, "evaluate_score", None)
         loaders = _val_loaders(trainer) if self.score_at_prune and callable(evaluate) else None
         metrics: dict[str, float] = {}
@@ -169,7 +206,8 @@ class HardPruneCallback(TargetingCallback):
         forget_best_checkpoints(trainer)  # they are dense: "best" must be chosen among the pruned ones only
         scores = ", ".join(f"{k.split('/')[-1]} {v:.2f}" for k, v in metrics.items() if "score" in k)
         rank_zero_info(
-            f"HardPruneCallback: pruned {len(self.targets)} layers to N:M at {when} (step {trainer.global_step}); "
+            f"HardPruneCallback: pruned {len(self.targets)} layers to N:M ({ranked_by}) at {when} "
+            f"(step {trainer.global_step}); "
             f"density {metrics['sparsity/overall_density']:.4f}" + (f"; val score {scores}" if scores else "")
         )
 
@@ -197,10 +235,12 @@ class HardPruneCallback(TargetingCallback):
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if self.at_step is not None and trainer.global_step >= self.at_step:
-            self._prune(trainer, pl_module, f"step {trainer.global_step}")
+            self._prune(trainer, pl_module, "the planned step")
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         if not self.pruned:
+            if self.fisher is not None:  # gradients all-reduced across processes here: every rank cuts alike
+                self.fisher.update(pending_grad_scale(trainer, optimizer))
             return
         for t in self.targets:
             grad = t.grad
@@ -296,14 +336,11 @@ class HardPruneCallback(TargetingCallback):
     # ---- checkpointing -------------------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
+        layers = {"patterns": {t.name: str(t.pattern) for t in self.targets},
+                  "shapes": {t.name: list(t.shape) for t in self.targets}}  # fmt: skip
         if not self.pruned:
-            return {}
-        return {
-            "masks": {name: mask.cpu() for name, mask in self.masks.items()},
-            "patterns": {t.name: str(t.pattern) for t in self.targets},
-            "shapes": {t.name: list(t.shape) for t in self.targets},
-            "scores": dict(self.scores),
-        }
+            return {"fisher": self.fisher.state_dict(), **layers} if self.fisher is not None else {}
+        return {"masks": {name: mask.cpu() for name, mask in self.masks.items()}, **layers, "scores": dict(self.scores)}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         self._pending_state = state_dict or None

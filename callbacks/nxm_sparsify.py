@@ -21,7 +21,8 @@ from callbacks._common import (
 )
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
-from nxm_lightning.sparsity.admm import PENALTY_MODES, ADMMState, PenaltyMode, Saliency, ZStepStats
+from nxm_lightning.sparsity.admm import PENALTY_MODES, ADMMState, PenaltyMode, ZStepStats
+from nxm_lightning.sparsity.saliency import Saliency
 from nxm_lightning.sparsity.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
 from nxm_lightning.sparsity.targets import Target, describe_targets
 

@@ -1,7 +1,8 @@
 """A 2-process DDP (gloo, CPU) run for the multi-process test: ``python ddp_job.py OUT_DIR [--distill TEACHER]``.
 
 Each rank writes what it holds (ADMM Z/U/masks mid-phase, hard-prune masks and final weights) to ``rank<R>.pt``.
-``--distill`` trains a tiny BERT DistillationModule (teacher: the BERT folder TEACHER) instead of the toy model.
+``--distill`` trains a tiny BERT DistillationModule (teacher: the BERT folder TEACHER) instead of the toy model;
+``--fisher`` has no ADMM: the hard prune cuts at step 4 by the Fisher it gathered over the steps before.
 """
 
 from __future__ import annotations
@@ -24,12 +25,12 @@ from nxm_lightning import DistillationModule  # noqa: E402
 class Snapshot(Callback):
     """Keep a copy of the ADMM state at step 6 (mid-phase) and write everything each rank holds at the end."""
 
-    def __init__(self, out: Path, sparsify: NxMSparsifyCallback, prune: HardPruneCallback) -> None:
+    def __init__(self, out: Path, sparsify: NxMSparsifyCallback | None, prune: HardPruneCallback) -> None:
         self.out, self.sparsify, self.prune = out, sparsify, prune
         self.admm: dict = {}
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
-        if trainer.global_step == 6 and not self.admm:
+        if trainer.global_step == 6 and not self.admm and self.sparsify is not None:
             self.admm = self.sparsify.admm.state_dict()
 
     def on_fit_end(self, trainer, pl_module) -> None:  # noqa: ANN001
@@ -42,12 +43,17 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("out", type=Path)
     parser.add_argument("--distill", type=Path, metavar="TEACHER")
+    parser.add_argument("--fisher", action="store_true")
     args = parser.parse_args()
     seed_everything(0)
     include = [r"^net\.[02]$"] if args.distill is None else None  # None: every Linear of the BERT encoder
-    sparsify = NxMSparsifyCallback(pattern="2:4", include=include, rho=0.05, penalty="decoupled", update_every=2, end_step=10)
-    prune = HardPruneCallback(backend="masked")
-    callbacks = [sparsify, prune, Snapshot(args.out, sparsify, prune), ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True)]
+    if args.fisher:
+        sparsify, prune = None, HardPruneCallback(include=include, at_step=4, saliency="fisher", backend="masked")
+    else:
+        sparsify = NxMSparsifyCallback(pattern="2:4", include=include, rho=0.05, penalty="decoupled", update_every=2, end_step=10)
+        prune = HardPruneCallback(backend="masked")
+    callbacks = [*([sparsify] if sparsify else []), prune, Snapshot(args.out, sparsify, prune),
+                 ModelCheckpoint(dirpath=args.out / "ckpt", save_last=True)]  # fmt: skip
     trainer = toy_trainer(args.out, callbacks, max_epochs=5, devices=2, strategy="ddp")
     if args.distill is None:
         trainer.fit(ToyModule(), toy_loader(shuffle=True), toy_loader(16, seed=1))

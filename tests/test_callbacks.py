@@ -12,7 +12,8 @@ from conftest import KillAfter, Killed, ToyModule, toy_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback
-from nxm_lightning.sparsity.nxm import is_nxm
+from nxm_lightning.sparsity.nxm import is_nxm, nxm_mask
+from nxm_lightning.sparsity.saliency import fisher_saliency
 from nxm_lightning.sparsity.sparse_linear import NxMLinear
 
 INCLUDE = [r"^net\.[02]$"]  # the two hidden Linear layers; net.4 (16 -> 1) is the head
@@ -324,11 +325,66 @@ def test_sparsify_bad_arguments(kwargs: dict, message: str) -> None:
         NxMSparsifyCallback(**kwargs)
 
 
+class GradientProbe(Callback):
+    """Records net.0's gradient at every optimizer step and its weight at the start of step ``at``, before the cut."""
+
+    def __init__(self, at: int) -> None:
+        self.at = at
+        self.grads: list[torch.Tensor] = []
+        self.weight_before_cut: torch.Tensor | None = None
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:  # noqa: ANN001
+        self.grads.append(pl_module.net[0].weight.grad.detach().clone())
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:  # noqa: ANN001
+        if trainer.global_step == self.at:
+            self.weight_before_cut = pl_module.net[0].weight.detach().clone()
+
+
+def test_a_fisher_cut_keeps_the_largest_squared_gradient_sum_times_w_squared(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    probe = GradientProbe(at=6)
+    prune = HardPruneCallback(include=INCLUDE, at_step=6, saliency="fisher", backend="masked")
+    toy_trainer(tmp_path, [probe, prune], max_epochs=1).fit(ToyModule(), toy_loader())
+    fisher = sum(grad.square() for grad in probe.grads[:6])
+    weight = probe.weight_before_cut
+    expected = nxm_mask(fisher_saliency(fisher, weight), 2, 4)
+    assert torch.equal(prune.masks["net.0"].bool(), expected.bool())
+    assert not torch.equal(expected.bool(), nxm_mask(weight, 2, 4).bool())  # the gradients changed what stays
+
+
+def test_a_run_killed_while_the_fisher_is_gathered_resumes_to_the_same_cut(tmp_path: Path) -> None:
+    def run(folder: Path, kill: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        prune = HardPruneCallback(include=INCLUDE, at_step=12, saliency="fisher", backend="masked")  # 8 steps an epoch
+        checkpoint = ModelCheckpoint(dirpath=folder, save_last=True, every_n_epochs=1)
+        model = ToyModule()
+        if kill:
+            with pytest.raises(Killed):
+                toy_trainer(folder, [prune, checkpoint, KillAfter(1)], max_epochs=3).fit(model, toy_loader())
+            saved = torch.load(folder / "last.ckpt", weights_only=True)["callbacks"][prune.state_key]
+            assert saved["fisher"]["steps"] == 8 and "masks" not in saved
+            prune = HardPruneCallback(include=INCLUDE, at_step=12, saliency="fisher", backend="masked")
+            model = ToyModule()
+            toy_trainer(folder, [prune, checkpoint], max_epochs=3).fit(model, toy_loader(), ckpt_path=folder / "last.ckpt")
+        else:
+            toy_trainer(folder, [prune, checkpoint], max_epochs=3).fit(model, toy_loader())
+        return prune.masks
+
+    straight, resumed = run(tmp_path / "a", kill=False), run(tmp_path / "b", kill=True)
+    assert all(torch.equal(straight[name], resumed[name]) for name in straight)
+
+
 def test_hard_prune_bad_arguments() -> None:
     with pytest.raises(ValueError, match="Valid backends: auto, masked, packed, semi_structured"):
         HardPruneCallback(backend="fastest")
     with pytest.raises(ValueError, match="at most one"):
         HardPruneCallback(at_epoch=1, at_step=3)
+    with pytest.raises(ValueError, match=r"saliency='taylor' is not one of \('magnitude', 'fisher'\)"):
+        HardPruneCallback(saliency="taylor")
+    for when in ({}, {"at_step": 0}, {"after_admm": True}):
+        with pytest.raises(ValueError, match="set at_step"):
+            HardPruneCallback(saliency="fisher", **when)
 
 
 def test_include_matching_nothing_is_an_error(tmp_path: Path) -> None:

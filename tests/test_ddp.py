@@ -39,6 +39,18 @@ def test_ddp_ranks_agree(tmp_path: Path, tiny_bert: Path, distill: bool) -> None
     assert result.stdout.count(message) + result.stderr.count(message) == 1
 
 
+def test_a_fisher_cut_agrees_across_ranks(tmp_path: Path) -> None:
+    """Each rank sees other batches; the Fisher is gathered from the all-reduced gradients, so every rank cuts alike."""
+    job = Path(__file__).resolve().parent / "ddp_job.py"
+    result = subprocess.run([sys.executable, str(job), str(tmp_path), "--fisher"], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    assert set(rank0["masks"]) == {"net.0", "net.2"}
+    assert all(torch.equal(mask, rank1["masks"][name]) for name, mask in rank0["masks"].items())
+    assert all(torch.equal(w, rank1["weights"][name]) for name, w in rank0["weights"].items())
+    assert "(Fisher over 4 steps)" in result.stdout + result.stderr
+
+
 @pytest.mark.parametrize("strategy", ["fsdp", "deepspeed"])
 def test_sharded_strategies_are_refused(strategy: str) -> None:
     class FakeStrategy:

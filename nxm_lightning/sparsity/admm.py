@@ -31,12 +31,11 @@ from typing import Literal
 import torch
 
 from nxm_lightning.sparsity.nxm import nxm_mask
+from nxm_lightning.sparsity.saliency import Saliency, all_finite, check_saliency, fisher_saliency
 from nxm_lightning.sparsity.targets import Target
 
 PenaltyMode = Literal["gradient", "decoupled"]
 PENALTY_MODES = ("gradient", "decoupled")
-Saliency = Literal["magnitude", "fisher"]
-SALIENCIES = ("magnitude", "fisher")
 # Running mean of the squared gradients for saliency="fisher": about the last 100 optimizer steps.
 FISHER_DECAY = 0.99
 
@@ -94,8 +93,7 @@ class ADMMState:
     ) -> None:
         if penalty not in PENALTY_MODES:
             raise ValueError(f"penalty={penalty!r} is not one of {PENALTY_MODES}.")
-        if saliency not in SALIENCIES:
-            raise ValueError(f"saliency={saliency!r} is not one of {SALIENCIES}.")
+        check_saliency(saliency)
         if not (math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho={rho} must be a positive finite number (the paper uses 1e-3 to 1e-2).")
         if rho_factor < 1:
@@ -152,7 +150,7 @@ class ADMMState:
         if self.saliency != "fisher":
             return False
         grads = {t.name: t.grad for t in self.targets if t.grad is not None}
-        if grads and not bool(torch.stack([torch.isfinite(grad).all() for grad in grads.values()]).all()):  # one sync
+        if not all_finite(grads.values()):
             return False
         for name, grad in grads.items():
             grad = grad.to(self.fisher[name].dtype) / grad_scale
@@ -161,13 +159,7 @@ class ADMMState:
 
     def _score(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """What the N:M projection ranks: ``|value|``, or ``F value^2`` (+ a tie-break by magnitude) for fisher."""
-        if self.saliency == "magnitude":
-            return value
-        scale = float(self.fisher[name].max())
-        if scale <= 0:  # no gradient seen yet
-            return value
-        # Scaled so that ties in F (e.g. all zero for an unused input) are still broken by magnitude.
-        return (self.fisher[name] / scale + 1e-12) * value.square()
+        return value if self.saliency == "magnitude" else fisher_saliency(self.fisher[name], value)
 
     @torch.no_grad()
     def cut_masks(self) -> dict[str, torch.Tensor]:
