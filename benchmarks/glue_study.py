@@ -114,8 +114,9 @@ class Budget:
 
 
 BUDGETS = {
-    "paper": Budget(10, ("asp", "asp_kd", "nxm", "nxm_kd", "nxm_paper", "asp_fisher"),
-                    first_seed_only=("nxm_paper", "asp_fisher")),
+    "paper": Budget(
+        10, ("asp", "asp_kd", "nxm", "nxm_kd", "nxm_paper", "asp_fisher"), first_seed_only=("nxm_paper", "asp_fisher")
+    ),
     "short": Budget(1, ("asp", "nxm"), fixed_lrs={"asp": 2e-4, "nxm": 3e-4}),
 }
 # SST-2's 67k examples would take a day an epoch-set here: a fixed random subset (the same for every run).
