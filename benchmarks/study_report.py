@@ -6,7 +6,7 @@ Rewrites the text between the ``<!-- study_report:begin -->`` and ``<!-- study_r
 ``docs/RESULTS.md`` (creating the file when it has none) and keeps everything outside them, the hand-written analysis.
 Writes ``docs/study_scores.png`` (dev score per method and task, both budgets, with the seed spread) and
 ``docs/study_admm.png`` (the ADMM curves of one nxm and the nxm_paper run per task, from the curves stored in the
-records).
+records) and ``docs/study_curves.png`` (the dev score after every epoch of each method's first-seed run, per task).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-from glue_study import BUDGETS, DENSE_LRS, FP32, RECORDS, SPARSE_LRS, SWEEP_TASK, TRAIN_SUBSETS, RunSpec, Study, Waiting
+from glue_study import BUDGETS, DENSE_LRS, FP32, RECORDS, SEEDS, SPARSE_LRS, SWEEP_TASK, TRAIN_SUBSETS, RunSpec, Study, Waiting
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -61,22 +61,29 @@ def planned(records: Records) -> tuple[Study, list[RunSpec | Waiting]]:
     return study, list(study.runs())
 
 
-def study_cells(records: Records, budget: str) -> Cells:
-    """``{(method, task): {seed: best dev score}}`` of the runs the plan chose at ``budget`` (each method at its
-    chosen learning rate), with the dense cell from the best run of each task's grid once the grid has finished."""
+def chosen_runs(records: Records, budget: str) -> list[tuple[RunSpec, dict[str, Any]]]:
+    """The finished runs the plan chose at ``budget`` (each method at its chosen learning rate) with their records,
+    and the best run of each task's dense grid once the grid has finished."""
     study, plan = planned(records)
-    cells: Cells = defaultdict(dict)
+    chosen = []
     for spec in plan:
         record = None if isinstance(spec, Waiting) else study.record(spec)
         if record is None or spec.budget not in (None, budget):
             continue
         with contextlib.suppress(Waiting):  # a sweep point of a sweep that is not finished
-            chosen = study.best_dense(spec.task) if spec.budget is None else None
-            if spec.budget is None and chosen.name != spec.name:
+            if spec.budget is None and study.best_dense(spec.task).name != spec.name:
                 continue
             if spec.budget is not None and spec.learning_rate != study.learning_rate(spec.method, budget):
                 continue
-            cells[(spec.method, spec.task)][spec.seed] = score(record)
+            chosen.append((spec, record))
+    return chosen
+
+
+def study_cells(records: Records, budget: str) -> Cells:
+    """``{(method, task): {seed: best dev score}}`` of :func:`chosen_runs`."""
+    cells: Cells = defaultdict(dict)
+    for spec, record in chosen_runs(records, budget):
+        cells[(spec.method, spec.task)][spec.seed] = score(record)
     return cells
 
 
@@ -275,6 +282,39 @@ def plot_admm(records: Records, path: Path) -> bool:
     return True
 
 
+def plot_dev_curves(records: Records, path: Path, budget: str = "paper") -> bool:
+    """Per task, the dev score after every epoch of each method's first-seed run at ``budget`` (before the cut an
+    ADMM run is evaluated dense), the cut's own score as a cross, and the dense start as a grey line: where each
+    method loses its points and whether it wins them back. False when no run has its evaluations recorded."""
+    runs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for spec, record in chosen_runs(records, budget):
+        if record["metrics"].get("val_scores") and (spec.budget is None or spec.seed == SEEDS[0]):
+            runs[spec.task][spec.method] = record["metrics"]
+    tasks = [task for task in TASKS if len(runs.get(task, {})) > 1]
+    if not tasks:
+        return False
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4.5 * len(tasks), 3.8), squeeze=False)
+    for ax, task in zip(axes[0], tasks):
+        for method, metrics in runs[task].items():
+            color = f"C{list(METHODS).index(method)}"  # the same colour for a method in every panel
+            if method == "dense":
+                ax.axhline(metrics["best_score"], color="grey", linewidth=0.8, label="dense (its best epoch)")
+                continue
+            per_epoch = metrics["val_scores"][0][0] + 1  # one evaluation at the end of every epoch
+            epochs = [(step + 1) / per_epoch for step, _ in metrics["val_scores"]]
+            ax.plot(epochs, [value for _, value in metrics["val_scores"]], "o-", markersize=3, color=color, label=method)
+            if metrics.get("prune_score_after") is not None:
+                ax.plot(metrics["prune_step"] / per_epoch, metrics["prune_score_after"], "x", color=color, markersize=8)
+        ax.set_xlabel("epoch")
+        ax.set_title(f"{TASKS[task]}, seed {SEEDS[0]}: x = the cut", fontsize=8)
+        ax.legend(fontsize=6)
+    axes[0][0].set_ylabel("dev score (GLUE points)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
 def progress_lines(records: Records) -> list[str]:
     study, plan = planned(records)
     runs = [item for item in plan if not isinstance(item, Waiting)]
@@ -310,6 +350,10 @@ def generated_section(records: Records, docs: Path) -> list[str]:
     if plot_admm(records, docs / "study_admm.png"):
         caption = "ADMM flip rate and primal residual per task: nxm (solid), nxm_paper (dashed; batch 16: twice the steps)"
         lines += [f"![{caption}](study_admm.png)", ""]
+    if plot_dev_curves(records, docs / "study_curves.png"):
+        caption = ("dev score after every epoch of the first seed's runs (paper budget); before its cut an ADMM run is "
+                   "evaluated dense; x: the cut's own score")  # fmt: skip
+        lines += [f"![{caption}](study_curves.png)", ""]
     lines += ["### The dense grid (seed 42; best epoch on dev)", "", *dense_grid_table(records), ""]
     lines += [f"### The sparse learning rates (`paper` budget, {TASKS[SWEEP_TASK]}, seed 42)", "", *sweep_table(records), ""]
     lines += ["### Compute", "", *compute_lines(records), ""]

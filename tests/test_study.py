@@ -215,6 +215,24 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
     assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
 
 
+def test_the_curves_plot_takes_the_first_seeds_chosen_runs_of_each_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    records = report_records(tmp_path)
+    assert not study_report.plot_dev_curves(records, tmp_path / "curves.png")  # no evaluations recorded
+    for record in records:
+        record["metrics"]["val_scores"] = [[9, 70.0], [19, record["metrics"]["best_score"]]]
+    plotted: dict[object, list[str]] = {}
+
+    def spy(ax, x, y, style, **kwargs):  # noqa: ANN001, ANN202
+        plotted.setdefault(ax, []).append(kwargs.get("label", "cut"))
+
+    monkeypatch.setattr("matplotlib.axes.Axes.plot", spy)
+    assert study_report.plot_dev_curves(records, tmp_path / "curves.png") and (tmp_path / "curves.png").exists()
+    plotted = {ax.get_title().split(",")[0]: labels for ax, labels in plotted.items()}
+    assert set(plotted) == {"CoLA (MCC)", "SST-2 (acc)", "STS-B (Pearson/Spearman)", "RTE (acc)"}
+    # One line per method (seed 42 at its chosen rate: not the sweep's other points, not seed 43), no cut recorded.
+    assert sorted(plotted["STS-B (Pearson/Spearman)"]) == ["asp", "asp_fisher", "asp_kd", "nxm", "nxm_kd", "nxm_paper"]
+
+
 def test_report_rewrites_only_its_section(tmp_path: Path) -> None:
     results = tmp_path / "RESULTS.md"
     page = "# Results\n\nhand-written intro\n\n{begin}\n{table}\n{end}\n\nanalysis\n"
