@@ -130,6 +130,9 @@ def test_a_routed_model_saves_and_loads_as_the_plain_pruned_model(tmp_path: Path
     other.load_state_dict(plain)
     with torch.no_grad():
         torch.testing.assert_close(other(tokens).logits, logits)
+    wrong = dict(plain) | {f"{targets[0].name}.weight": plain[f"{targets[0].name}.weight"][:, :4]}
+    with pytest.raises(RuntimeError, match=rf"size mismatch for {targets[0].name}.weight"):
+        other.load_state_dict(wrong)
     plain[f"{targets[0].name}.weight"] += 1.0
     with pytest.raises(RuntimeError, match=rf"{targets[0].name}.weight into an NxMLinear \({backend}\): Weight is not 2:4"):
         other.load_state_dict(plain)

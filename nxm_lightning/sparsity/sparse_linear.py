@@ -232,13 +232,14 @@ class NxMLinear(nn.Module):
         if prefix + "weight" not in state_dict:
             return
         loaded = state_dict[prefix + "weight"]
-        weight = loaded.t() if self.transposed else loaded
-        if tuple(weight.shape) != (self.out_features, self.in_features):
+        stored = (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
+        if tuple(loaded.shape) != stored:
             error_msgs.append(
                 f"size mismatch for {prefix}weight: copying a param with shape {tuple(loaded.shape)}, the shape in the "
-                f"current model is {tuple(self._save_shape())}."
+                f"current model is {stored}."
             )
             return
+        weight = loaded.t() if self.transposed else loaded
         held = self.values if self.backend == "packed" else self.weight
         try:
             self._store(weight.detach().to(device=held.device, dtype=held.dtype))
@@ -248,9 +249,6 @@ class NxMLinear(nn.Module):
         if self.bias is not None and prefix + "bias" in state_dict:
             with torch.no_grad():
                 self.bias.copy_(state_dict[prefix + "bias"])
-
-    def _save_shape(self) -> tuple[int, int]:
-        return (self.in_features, self.out_features) if self.transposed else (self.out_features, self.in_features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.backend == "semi_structured":
