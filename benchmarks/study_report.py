@@ -112,6 +112,11 @@ def score_table(cells: Cells, methods: tuple[str, ...]) -> list[str]:
     return lines
 
 
+def signed(difference: float) -> str:
+    """``difference`` to one decimal with its sign, ``+0.0`` for one that rounds to zero (not ``-0.0``)."""
+    return f"{round(difference, 1) + 0.0:+.1f}"
+
+
 def paired_lines(cells: Cells, budget: str) -> list[str]:
     """Per task, the per-seed differences of each pair (same seed, same dense start), their mean and spread."""
     lines = ["| difference | " + " | ".join(TASKS.values()) + " |", "|---" * (len(TASKS) + 1) + "|"]
@@ -123,8 +128,8 @@ def paired_lines(cells: Cells, budget: str) -> list[str]:
             a, b = cells.get((first, task), {}), cells.get((second, task), {})
             diffs = [a[s] - b[s] for s in sorted(a) if s in b]
             row.append(
-                "-" if not diffs else (f"{diffs[0]:+.1f} (n=1)" if len(diffs) == 1
-                                       else f"{statistics.mean(diffs):+.1f} ± {statistics.stdev(diffs):.1f} (n={len(diffs)})")
+                "-" if not diffs else (f"{signed(diffs[0])} (n=1)" if len(diffs) == 1
+                                       else f"{signed(statistics.mean(diffs))} ± {statistics.stdev(diffs):.1f} (n={len(diffs)})")
             )  # fmt: skip
         lines.append(f"| {first} - {second} | " + " | ".join(row) + " |")
     return lines
@@ -140,7 +145,7 @@ def goal_lines(cells: Cells) -> list[str]:
             lines.append(f"- {want}: **not yet measured** (both finished on: {', '.join(done) or 'no task'}).")
             continue
         met = a - b >= margin
-        lines.append(f"- {want}: {method} {a:.1f} - {reference} {b:.1f} = {a - b:+.1f}: **{'met' if met else 'not met'}**.")
+        lines.append(f"- {want}: {method} {a:.1f} - {reference} {b:.1f} = {signed(a - b)}: **{'met' if met else 'not met'}**.")
     return lines
 
 

@@ -213,6 +213,7 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
         "- nxm_kd >= asp_kd + 0.5 on the 4-task average: nxm_kd 81.0 - asp_kd 79.5 = +1.5: **met**.",
         "- nxm_kd >= dense - 1.0 on the 4-task average: nxm_kd 81.0 - dense 82.0 = -1.0: **met**.",
     ]
+    assert [study_report.signed(d) for d in (-0.04, -0.06, 0.0)] == ["+0.0", "-0.1", "+0.0"]  # no "-0.0"
     del cells[("nxm_kd", "cola")]
     assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
 
