@@ -112,13 +112,21 @@ def _index_bits(m: int) -> int:
     return 1 << math.ceil(math.log2(max(1, math.ceil(math.log2(m)))))
 
 
+def require_nxm(weight: torch.Tensor, pattern: NxMPattern) -> None:
+    """A ValueError naming the first bad group unless ``weight`` ``[out, in]`` is ``pattern``-sparse."""
+    violation = first_violation(weight, pattern.n, pattern.m)
+    if violation is not None:
+        row, col, count = violation
+        raise ValueError(
+            f"Weight is not {pattern}-sparse (row {row}, input columns {col}..{col + pattern.m - 1} hold {count} "
+            "non-zeros); prune it before packing it or building or loading an NxMLinear."
+        )
+
+
 def pack_nxm(weight: torch.Tensor, pattern: NxMPattern) -> tuple[torch.Tensor, torch.Tensor]:
     """``(values [out, in*N/M], positions packed into uint8)`` of an N:M weight; raises if it is not N:M."""
     n, m = pattern.n, pattern.m
-    violation = first_violation(weight, n, m)
-    if violation is not None:
-        row, col, count = violation
-        raise ValueError(f"Weight is not {pattern}: row {row}, columns {col}..{col + m - 1} hold {count} non-zeros.")
+    require_nxm(weight, pattern)
     mask = nxm_mask(weight, n, m).reshape(-1, m)
     positions = mask.nonzero()[:, 1].reshape(-1, n)  # row-major nonzero: each group's kept positions in order
     values = weight.detach().reshape(-1, m).gather(1, positions).reshape(weight.shape[0], -1)
@@ -190,19 +198,14 @@ class NxMLinear(nn.Module):
 
     def _store(self, weight: torch.Tensor) -> None:
         """Hold the dense N:M ``weight`` ``[out, in]`` in this layer's backend (a ValueError if it is not N:M)."""
-        # Every backend: the sparse kernels' conversion would silently drop the surplus non-zeros of a bad group.
-        violation = first_violation(weight, self.pattern.n, self.pattern.m)
-        if violation is not None:
-            row, col, count = violation
-            raise ValueError(
-                f"Weight is not {self.pattern}-sparse (row {row}, input columns {col}..{col + self.pattern.m - 1} "
-                f"hold {count} non-zeros); prune it before building or loading an NxMLinear."
-            )
         if self.backend == "packed":
-            values, positions = pack_nxm(weight, self.pattern)
+            values, positions = pack_nxm(weight, self.pattern)  # checks the pattern
             self.register_buffer("values", values)
             self.register_buffer("positions", positions)
-        elif self.backend == "semi_structured":
+            return
+        # The sparse kernels' conversion would silently drop the surplus non-zeros of a bad group.
+        require_nxm(weight, self.pattern)
+        if self.backend == "semi_structured":
             self.weight = nn.Parameter(_semi_structured_class().from_dense(weight.contiguous()), requires_grad=False)
         else:
             self.weight = nn.Parameter(weight.clone(), requires_grad=False)
