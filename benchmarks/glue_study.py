@@ -10,7 +10,7 @@ still there. Runs, exports and logs go to the work dir (``benchmarks/results/stu
 a sparse run needs and that is missing (a new machine) is rebuilt by running its record's command again.
 
 The plan, in the order it runs (seed by seed across the tasks, so that a partial study gives whole seeds of the
-4-task average that the goals are on; the short budget after every seed of the paper budget):
+4-task average that the goals are on; each seed's short budget right after its paper budget):
 
 1. ``dense``: ``configs/glue_dense.yaml`` at each learning rate of :data:`DENSE_LRS` for up to 10 epochs, stopped
    after 3 epochs without a better dev score; the best epoch is exported. The best run of the task is the start of
@@ -655,9 +655,10 @@ class Study:
 
     def _all_runs(self) -> Iterator[RunSpec | Waiting]:
         # Seed by seed across the tasks, so that a partial study gives the 4-task average of a whole seed early
-        # (the goals are on that average); each task's dense grid (and the sweep) comes just before its first runs.
-        for budget in self.budgets:
-            for seed in self.seeds:
+        # (the goals are on that average), at both budgets (a seed's short runs take a tenth of its paper runs);
+        # each task's dense grid (and the sweep) comes just before its first runs.
+        for seed in self.seeds:
+            for budget in self.budgets:
                 for task in self.tasks:
                     if (budget, seed) == (self.budgets[0], self.seeds[0]):
                         yield from self.dense_grid(task)

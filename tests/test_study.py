@@ -76,7 +76,7 @@ def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense
     assert len(names) == len(set(names)) == 3 + 6 + 2 * 4 - 2 + 2 + 2 * 2  # no run planned twice
 
 
-def test_the_plan_goes_seed_by_seed_across_the_tasks_and_each_dense_grid_just_before_its_tasks_runs(tmp_path: Path) -> None:
+def test_the_plan_goes_seed_by_seed_at_both_budgets_and_each_dense_grid_comes_before_its_tasks_runs(tmp_path: Path) -> None:
     records = tmp_path / "records"
     study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb", "rte"), seeds=(42, 43), records_dir=records)
     for task in study.tasks:
@@ -88,8 +88,8 @@ def test_the_plan_goes_seed_by_seed_across_the_tasks_and_each_dense_grid_just_be
     order = [(s.budget or "dense", s.seed, s.task) for s in study.runs() if isinstance(s, RunSpec)]
     blocks = [key for i, key in enumerate(order) if i == 0 or order[i - 1] != key]
     assert blocks == [("dense", 42, "stsb"), ("paper", 42, "stsb"), ("dense", 42, "rte"), ("paper", 42, "rte"),
-                      ("paper", 43, "stsb"), ("paper", 43, "rte"),
-                      ("short", 42, "stsb"), ("short", 42, "rte"), ("short", 43, "stsb"), ("short", 43, "rte")]  # fmt: skip
+                      ("short", 42, "stsb"), ("short", 42, "rte"),
+                      ("paper", 43, "stsb"), ("paper", 43, "rte"), ("short", 43, "stsb"), ("short", 43, "rte")]  # fmt: skip
 
 
 def test_run_trains_ready_runs_two_at_a_time_and_stops_launching_after_a_failure(
@@ -438,11 +438,12 @@ def test_a_missing_dense_export_is_rebuilt_by_one_worker_while_the_other_trains(
     monkeypatch.setattr(glue_study, "Study", lambda *args, **kwargs: study)
     events: list[tuple[str, str]] = []
     lock = threading.Lock()
+    run_started = threading.Event()
 
     def fake_rebuild(spec: RunSpec, threads: int | None) -> bool:
         with lock:
             events.append(("rebuild start", spec.name))
-        time.sleep(1.5)
+        run_started.wait(timeout=10)  # a driver that waits for the rebuild before any run never sets it
         spec.export_dir.mkdir(parents=True)
         with lock:
             events.append(("rebuild end", spec.name))
@@ -451,6 +452,7 @@ def test_a_missing_dense_export_is_rebuilt_by_one_worker_while_the_other_trains(
     def fake_execute(spec: RunSpec, keep_checkpoints: bool, threads: int | None) -> dict | None:
         with lock:
             events.append(("run", spec.name))
+            run_started.set()
             if len([e for e in events if e[0] == "run"]) >= 3:
                 return None  # stop the study here
         time.sleep(0.3)
