@@ -37,7 +37,7 @@ METHODS = {
     "nxm_paper": "nxm_paper (the research code's recipe)",
     "asp_fisher": "asp_fisher (asp's one-shot cut ranked by Fisher over 32 steps: an ablation)",
 }
-# The last pair: what ADMM adds beyond ranking by Fisher (asp_fisher runs on the first seed only).
+# The last pair: what ADMM adds beyond ranking by Fisher.
 PAIRS = (("nxm", "asp"), ("nxm_kd", "asp_kd"), ("nxm", "asp_fisher"))
 # The goals of issue 12 at the paper budget: (method, reference, margin) meaning method >= reference + margin.
 GOALS = (("nxm", "asp", 1.0), ("nxm_kd", "asp_kd", 0.5), ("nxm_kd", "dense", -1.0))

@@ -69,11 +69,11 @@ def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense
     assert lrs[("asp", 42)] == lrs[("asp_kd", 43)] == glue_study.SPARSE_LRS[1]
     assert lrs[("nxm", 43)] == lrs[("nxm_kd", 42)] == glue_study.SPARSE_LRS[0]
     assert lrs[("nxm_paper", 42)] == 1e-4 and ("nxm_paper", 43) not in lrs  # the config's; the first seed only
-    assert lrs[("asp_fisher", 42)] == lrs[("asp", 42)] and ("asp_fisher", 43) not in lrs  # asp's; the first seed only
+    assert lrs[("asp_fisher", 42)] == lrs[("asp_fisher", 43)] == lrs[("asp", 42)]  # asp's, every seed
     kd = next(s for s in paper if s.method == "nxm_kd")
     assert kd.teacher == str(study.dense_grid("stsb")[1].export_dir) and kd.model is None
     names = [s.name for s in study.runs() if isinstance(s, RunSpec)]
-    assert len(names) == len(set(names)) == 3 + 6 + 2 * 4 - 2 + 2 + 2 * 2  # no run planned twice
+    assert len(names) == len(set(names)) == 3 + 6 + 2 * 5 - 2 + 1 + 2 * 2  # no run planned twice
 
 
 def test_the_plan_goes_seed_by_seed_at_both_budgets_and_each_dense_grid_comes_before_its_tasks_runs(tmp_path: Path) -> None:
