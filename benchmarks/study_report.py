@@ -135,6 +135,31 @@ def paired_lines(cells: Cells, budget: str) -> list[str]:
     return lines
 
 
+def cut_table(records: Records, budget: str) -> list[str]:
+    """Per method and task (means over seeds): the dev score just before the cut, right after it, and the run's best.
+
+    Before the cut is the dense start for a cut at fit start (asp), the dense-evaluated W at the end of the ADMM
+    phase for nxm: together they show where each method loses its points and how much masked fine-tuning wins back.
+    """
+    runs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for spec, record in chosen_runs(records, budget):
+        if spec.budget is not None and record["metrics"].get("prune_score_after") is not None:
+            runs[(spec.method, spec.task)].append(record["metrics"])
+    lines = ["| method | " + " | ".join(TASKS.values()) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for method in BUDGETS[budget].methods:
+        row = []
+        for task in TASKS:
+            found = runs.get((method, task))
+            if not found:
+                row.append("-")
+                continue
+            before, after, best = (statistics.mean(m[key] for m in found)
+                                   for key in ("prune_score_before", "prune_score_after", "best_score"))  # fmt: skip
+            row.append(f"{before:.1f} → {after:.1f} → {best:.1f}" + (f" (n={len(found)})" if len(found) > 1 else ""))
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
 def goal_lines(cells: Cells) -> list[str]:
     lines = []
     for method, reference, margin in GOALS:
@@ -347,6 +372,12 @@ def generated_section(records: Records, docs: Path) -> list[str]:
             "Paired differences (same seed, same dense start):",
             "",
             *paired_lines(budget_cells, budget),
+            "",
+            "Where the points go: the dev score just before the cut → right after it → the run's best (means over "
+            "seeds). Before the cut is the dense start for a cut at fit start (asp, asp_kd; asp_fisher's after 32 "
+            "dense steps) and the dense-evaluated W at the end of the ADMM phase for nxm, nxm_kd and nxm_paper:",
+            "",
+            *cut_table(records, budget),
             "",
         ]
         if budget == "paper":

@@ -218,6 +218,21 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
     assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
 
 
+def test_the_cut_table_follows_each_chosen_run_from_before_its_cut_to_its_best(tmp_path: Path) -> None:
+    records = report_records(tmp_path)
+    for record in records:
+        if record["method"] == "asp" and record["task"] == "rte":
+            record["metrics"] |= {"prune_score_before": 82.0, "prune_score_after": 60.0 + record["seed"] - 42}
+        if record["method"] == "nxm" and record["task"] == "cola" and record["seed"] == 42:
+            record["metrics"] |= {"prune_score_before": 70.0, "prune_score_after": 71.0}
+    rows = {line.split(" | ")[0].removeprefix("| "): line.strip("| ").split(" | ")[1:] for line in
+            study_report.cut_table(records, "paper")[2:]}  # fmt: skip
+    columns = list(study_report.TASKS)
+    assert rows["asp"][columns.index("rte")] == "82.0 → 60.5 → 78.0 (n=2)"  # best: seed 42's 79.0 and 43's 77.0
+    assert rows["nxm"][columns.index("cola")] == "70.0 → 71.0 → 81.0"
+    assert rows["asp"][columns.index("cola")] == rows["asp_kd"][columns.index("rte")] == "-"  # no cut recorded
+
+
 def test_the_curves_plot_takes_the_first_seeds_chosen_runs_of_each_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     records = report_records(tmp_path)
     assert not study_report.plot_dev_curves(records, tmp_path / "curves.png")  # no evaluations recorded
