@@ -27,6 +27,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- study_report:begin -->", "<!-- study_report:end -->"
+AGREEMENT = RECORDS.parent / "mask_agreement.json"  # benchmarks/mask_agreement.py
 TASKS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "stsb": "STS-B (Pearson/Spearman)", "rte": "RTE (acc)"}
 METHODS = {
     "dense": "dense (the best of the grid: the start and teacher)",
@@ -156,6 +157,25 @@ def cut_table(records: Records, budget: str) -> list[str]:
             before, after, best = (statistics.mean(m[key] for m in found)
                                    for key in ("prune_score_before", "prune_score_after", "best_score"))  # fmt: skip
             row.append(f"{before:.1f} → {after:.1f} → {best:.1f}" + (f" (n={len(found)})" if len(found) > 1 else ""))
+        lines.append(f"| {method} | " + " | ".join(row) + " |")
+    return lines
+
+
+def agreement_table(path: Path, budget: str) -> list[str]:
+    """Per method and task, the share of the kept weights that the magnitude mask of the dense start keeps too
+    (``benchmarks/mask_agreement.py``'s record; means over seeds), or nothing without a record for ``budget``."""
+    if not path.is_file():
+        return []
+    shares: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for run in json.loads(path.read_text())["runs"].values():
+        if run["budget"] == budget:
+            shares[(run["method"], run["task"])].append(100 * run["kept_share_of_magnitude_mask"])
+    if not shares:
+        return []
+    lines = ["| method | " + " | ".join(TASKS.values()) + " |", "|---" * (len(TASKS) + 1) + "|"]
+    for method in BUDGETS[budget].methods:
+        row = ["-" if not shares.get((method, t)) else f"{statistics.mean(shares[(method, t)]):.1f}%"
+               + (f" (n={len(shares[(method, t)])})" if len(shares[(method, t)]) > 1 else "") for t in TASKS]  # fmt: skip
         lines.append(f"| {method} | " + " | ".join(row) + " |")
     return lines
 
@@ -355,8 +375,8 @@ def progress_lines(records: Records) -> list[str]:
             "unfinished runs decide (the best dense run, the swept learning rates)."]  # fmt: skip
 
 
-def generated_section(records: Records, docs: Path) -> list[str]:
-    """The Markdown between the markers; writes the plots into ``docs``."""
+def generated_section(records: Records, docs: Path, agreement: Path = AGREEMENT) -> list[str]:
+    """The Markdown between the markers; writes the plots into ``docs``; ``agreement``: mask_agreement.py's record."""
     cells = {budget: study_cells(records, budget) for budget in BUDGETS}
     subsets = ", ".join(f"{t} a fixed random {n} training examples" for t, n in TRAIN_SUBSETS.items())
     lines = [BEGIN, "", *progress_lines(records), ""]
@@ -380,6 +400,16 @@ def generated_section(records: Records, docs: Path) -> list[str]:
             *cut_table(records, budget),
             "",
         ]
+        agreement_lines = agreement_table(agreement, budget)
+        if agreement_lines:
+            lines += [
+                "How far each mask is from magnitude's: the share of the weights a run keeps that the magnitude 2:4 "
+                "mask of its dense start keeps too (`python benchmarks/mask_agreement.py --work-dir <the study's>`, "
+                "from the exports; two random 2:4 masks share 50%):",
+                "",
+                *agreement_lines,
+                "",
+            ]
         if budget == "paper":
             lines += ["Goals (issue 12):", "", *goal_lines(budget_cells), ""]
             final = study_cells(records, budget, at="final_score")
@@ -432,7 +462,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     records = load_records(args.records)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    write_results(args.results, generated_section(records, args.results.parent))
+    section = generated_section(records, args.results.parent, args.records.parent / AGREEMENT.name)
+    write_results(args.results, section)
     print(f"wrote {args.results} from {len(records)} records")
 
 

@@ -15,6 +15,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import glue_study  # noqa: E402
 import main_job  # noqa: E402
+import mask_agreement  # noqa: E402
 import study_report  # noqa: E402
 from glue_study import RunSpec, Study  # noqa: E402
 
@@ -231,6 +232,35 @@ def test_the_cut_table_follows_each_chosen_run_from_before_its_cut_to_its_best(t
     assert rows["asp"][columns.index("rte")] == "82.0 → 60.5 → 78.0 (n=2)"  # best: seed 42's 79.0 and 43's 77.0
     assert rows["nxm"][columns.index("cola")] == "70.0 → 71.0 → 81.0"
     assert rows["asp"][columns.index("cola")] == rows["asp_kd"][columns.index("rte")] == "-"  # no cut recorded
+
+
+def write_export(directory: Path, weights: dict, layouts: dict[str, str]) -> None:
+    from safetensors.torch import save_file
+
+    directory.mkdir(parents=True)
+    save_file(weights, str(directory / "model.safetensors"))
+    layers = {name: {"pattern": "2:4", "layout": layout} for name, layout in layouts.items()}
+    (directory / "sparsity.json").write_text(json.dumps({"layers": layers}))
+
+
+def test_mask_agreement_counts_the_kept_weights_that_magnitude_keeps_too_in_either_layout(tmp_path: Path) -> None:
+    import torch
+
+    dense = torch.tensor([[4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0]])  # magnitude keeps 0, 1 and 6, 7
+    sparse = torch.tensor([[4.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0]])  # keeps 0, 2 and 6, 7: 3 of its 4 agree
+    write_export(tmp_path / "dense", {"a": dense, "b": dense.t().clone()}, {})
+    write_export(tmp_path / "sparse", {"a": sparse, "b": sparse.t().clone()}, {"a": "out_in", "b": "in_out"})
+    assert mask_agreement.kept_share(tmp_path / "sparse", tmp_path / "dense") == 6 / 8
+    record = tmp_path / "agreement.json"
+    share = "kept_share_of_magnitude_mask"
+    runs = {"x": {"method": "nxm", "budget": "paper", "task": "rte", "seed": 42, share: 0.75},
+            "y": {"method": "nxm", "budget": "paper", "task": "rte", "seed": 43, share: 0.85},
+            "z": {"method": "asp", "budget": "short", "task": "rte", "seed": 42, share: 1.0}}  # fmt: skip
+    record.write_text(json.dumps({"runs": runs}))
+    rows = {line.split(" | ")[0].removeprefix("| "): line.strip("| ").split(" | ")[1:]
+            for line in study_report.agreement_table(record, "paper")[2:]}  # fmt: skip
+    assert rows["nxm"][list(study_report.TASKS).index("rte")] == "80.0% (n=2)" and rows["asp"] == ["-"] * 4
+    assert study_report.agreement_table(tmp_path / "missing.json", "paper") == []
 
 
 def test_the_curves_plot_takes_the_first_seeds_chosen_runs_of_each_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
