@@ -134,15 +134,17 @@ def test_run_trains_ready_runs_two_at_a_time_and_stops_launching_after_a_failure
     assert len(launched) <= 9  # after the failure, only the run already in flight finished
 
 
-def test_a_short_task_gets_a_shorter_zstep_interval_for_twenty_zsteps() -> None:
-    def spec(task: str, method: str = "nxm") -> RunSpec:
-        return RunSpec(method, task, 42, 10, 1e-4, Path("/w"), "../shared/data/glue", "paper")
+def test_a_short_task_gets_a_shorter_zstep_interval_for_its_budgets_fewest_zsteps() -> None:
+    def spec(task: str, method: str = "nxm", budget: str = "paper") -> RunSpec:
+        return RunSpec(method, task, 42, glue_study.BUDGETS[budget].epochs, 1e-4, Path("/w"), "../shared/data/glue", budget)
 
     assert glue_study.steps_per_epoch(spec("rte")) == 78  # 2490 examples, batch 32
     assert glue_study.zstep_args(spec("rte")) == {"update_every": 19}  # 390 ADMM steps / 20
     assert glue_study.zstep_args(spec("stsb")) == {}  # 900 ADMM steps: 45 Z-steps every 20
     assert glue_study.zstep_args(spec("rte", "asp")) == {}  # no ADMM
     assert glue_study.zstep_args(spec("rte", "nxm_paper")) == {}  # Z-step per epoch, as the paper's code
+    assert glue_study.zstep_args(spec("rte", budget="short")) == {"update_every": 9}  # 39 ADMM steps / 4
+    assert glue_study.zstep_args(spec("stsb", budget="short")) == {}  # 90 ADMM steps: 4 Z-steps every 20
 
 
 def test_a_record_stays_current_on_another_machine_and_goes_stale_when_the_run_changes(
