@@ -44,8 +44,9 @@ def measure(work_dir: Path, records_dir: Path, known: dict) -> dict:
     records = load_records(records_dir)
     runs = dict(known)
     for budget in ("paper", "short"):
-        dense = {spec.task: spec for spec, _ in chosen_runs(records, budget) if spec.budget is None}
-        for spec, _ in chosen_runs(records, budget):
+        chosen = [spec for spec, _ in chosen_runs(records, budget)]
+        dense = {spec.task: spec for spec in chosen if spec.budget is None}
+        for spec in chosen:
             if spec.budget is None or spec.name in runs or spec.task not in dense:
                 continue
             sparse_dir, dense_dir = work_dir / "exports" / spec.name, work_dir / "exports" / dense[spec.task].name
