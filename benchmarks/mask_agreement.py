@@ -20,7 +20,7 @@ from glue_study import RECORDS, environment, write_record
 from study_report import AGREEMENT, chosen_runs, load_records
 
 from nxm_lightning.sparsity.export import MANIFEST, as_out_in
-from nxm_lightning.sparsity.nxm import nxm_mask
+from nxm_lightning.sparsity.nxm import NxMPattern, nxm_mask
 from nxm_lightning.sparsity.verify import load_weights
 
 
@@ -31,9 +31,9 @@ def kept_share(sparse_dir: Path, dense_dir: Path) -> float:
     sparse, dense = load_weights(sparse_dir), load_weights(dense_dir)
     both = kept = 0
     for name, layer in layers.items():
-        n, m = (int(x) for x in layer["pattern"].split(":"))
-        kept_here = as_out_in(sparse[name], layer["layout"]) != 0
-        magnitude = nxm_mask(as_out_in(dense[name], layer["layout"]).float().abs(), n, m)
+        pattern, layout = NxMPattern.parse(layer["pattern"]), layer.get("layout", "out_in")  # as verify reads them
+        kept_here = as_out_in(sparse[name], layout) != 0
+        magnitude = nxm_mask(as_out_in(dense[name], layout).float().abs(), pattern.n, pattern.m)
         both += int(torch.count_nonzero(kept_here & magnitude))
         kept += int(torch.count_nonzero(kept_here))
     return both / kept
