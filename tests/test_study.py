@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import statistics
 import sys
 import threading
 import time
@@ -212,10 +213,19 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
     paired = "\n".join(study_report.paired_lines(cells, "paper"))
     assert "| nxm - asp | +2.5 ± 0.7 (n=2) |" in paired and "| nxm_kd - asp_kd | +1.5 ± 0.0 (n=2) |" in paired
     assert study_report.goal_lines(cells) == [
-        "- nxm >= asp + 1.0 on the 4-task average: nxm 80.5 - asp 78.0 = +2.5: **met**.",
-        "- nxm_kd >= asp_kd + 0.5 on the 4-task average: nxm_kd 81.0 - asp_kd 79.5 = +1.5: **met**.",
-        "- nxm_kd >= dense - 1.0 on the 4-task average: nxm_kd 81.0 - dense 82.0 = -1.0: **met**.",
+        "- nxm >= asp + 1.0 on the 4-task average: nxm 80.5 - asp 78.0 = +2.5: **met**, provisional (seeds 42, 43 of "
+        "the 3 planned).",
+        "- nxm_kd >= asp_kd + 0.5 on the 4-task average: nxm_kd 81.0 - asp_kd 79.5 = +1.5: **met**, provisional "
+        "(seeds 42, 43 of the 3 planned).",
+        "- nxm_kd >= dense - 1.0 on the 4-task average: nxm_kd 81.0 - dense 82.0 = -1.0: **met**, provisional "
+        "(seeds 42, 43 of the 3 planned).",
     ]
+    for task in study_report.TASKS:  # the third seed on all four tasks: the verdict is final
+        for method, offset in (("nxm", 1.0), ("asp", -1.0)):
+            cells[(method, task)][44] = statistics.mean(cells[(method, task)].values()) + offset
+    assert study_report.goal_lines(cells)[0] == (
+        "- nxm >= asp + 1.0 on the 4-task average: nxm 80.8 - asp 77.7 = +3.2: **met** (seeds 42, 43, 44 of the 3 planned)."
+    )
     assert [study_report.signed(d) for d in (-0.04, -0.06, 0.0)] == ["+0.0", "-0.1", "+0.0"]  # no "-0.0"
     del cells[("nxm_kd", "cola")]
     assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
