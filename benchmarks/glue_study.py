@@ -342,6 +342,28 @@ def write_record(path: Path, record: dict[str, Any]) -> None:
     tmp.replace(path)
 
 
+def kept_share(sparse_dir: Path, dense_dir: Path) -> float:
+    """The share of the weights kept in the export ``sparse_dir`` that the magnitude N:M mask of ``dense_dir`` (what
+    asp keeps) keeps too, over every layer its ``sparsity.json`` lists: how far a method's mask is from magnitude's
+    (two 2:4 masks drawn at random agree on half the kept weights)."""
+    import torch
+
+    from nxm_lightning.sparsity.export import MANIFEST, as_out_in
+    from nxm_lightning.sparsity.nxm import NxMPattern, nxm_mask
+    from nxm_lightning.sparsity.verify import load_weights
+
+    layers = json.loads((sparse_dir / MANIFEST).read_text())["layers"]
+    sparse, dense = load_weights(sparse_dir), load_weights(dense_dir)
+    both = kept = 0
+    for name, layer in layers.items():
+        pattern, layout = NxMPattern.parse(layer["pattern"]), layer.get("layout", "out_in")  # as verify reads them
+        kept_here = as_out_in(sparse[name], layout) != 0
+        magnitude = nxm_mask(as_out_in(dense[name], layout).float().abs(), pattern.n, pattern.m)
+        both += int(torch.count_nonzero(kept_here & magnitude))
+        kept += int(torch.count_nonzero(kept_here))
+    return both / kept
+
+
 def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, extra: dict[str, Any]) -> dict[str, Any]:
     """The JSON record of a finished run: metrics from its events, its resolved config, command and environment."""
     return {
@@ -546,6 +568,9 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
     attempts = len(read_attempts(spec.run_dir)) or None
     extra = {"callback_edits": edits, "run_fingerprint": trained_under, "threads": threads or torch_threads(),
              "resumed": len(read_resumes(spec.run_dir)), "attempts": attempts}  # fmt: skip
+    if spec.budget is not None:
+        # Measured now, while the run's export and its dense start are both on this machine.
+        extra["kept_share_of_magnitude_mask"] = kept_share(spec.export_dir, Path(spec.model or spec.teacher))
     record = make_record(spec, command, wall, cpu, extra)
     write_record(spec.record_path, record)
     (spec.run_dir / "fit_done.json").unlink()  # the record stands for it now

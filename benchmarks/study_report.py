@@ -27,7 +27,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- study_report:begin -->", "<!-- study_report:end -->"
-AGREEMENT = RECORDS.parent / "mask_agreement.json"  # benchmarks/mask_agreement.py
 TASKS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "stsb": "STS-B (Pearson/Spearman)", "rte": "RTE (acc)"}
 METHODS = {
     "dense": "dense (the best of the grid: the start and teacher)",
@@ -166,15 +165,13 @@ def cut_table(records: Records, budget: str) -> list[str]:
     return lines
 
 
-def agreement_table(path: Path, budget: str) -> list[str]:
-    """Per method and task, the share of the kept weights that the magnitude mask of the dense start keeps too
-    (``benchmarks/mask_agreement.py``'s record; means over seeds), or nothing without a record for ``budget``."""
-    if not path.is_file():
-        return []
+def agreement_table(records: Records, budget: str) -> list[str]:
+    """Per method and task, the share of the kept weights that the magnitude mask of the dense start keeps too (each
+    chosen run's ``kept_share_of_magnitude_mask``; means over seeds), or nothing while no run at ``budget`` has one."""
     shares: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for run in json.loads(path.read_text())["runs"].values():
-        if run["budget"] == budget:
-            shares[(run["method"], run["task"])].append(100 * run["kept_share_of_magnitude_mask"])
+    for spec, record in chosen_runs(records, budget):
+        if record.get("kept_share_of_magnitude_mask") is not None:
+            shares[(spec.method, spec.task)].append(100 * record["kept_share_of_magnitude_mask"])
     if not shares:
         return []
     lines = table_head("method", *TASKS.values())
@@ -381,8 +378,8 @@ def progress_lines(records: Records) -> list[str]:
             "unfinished runs decide (the best dense run, the swept learning rates)."]  # fmt: skip
 
 
-def generated_section(records: Records, docs: Path, agreement: Path = AGREEMENT) -> list[str]:
-    """The Markdown between the markers; writes the plots into ``docs``; ``agreement``: mask_agreement.py's record."""
+def generated_section(records: Records, docs: Path) -> list[str]:
+    """The Markdown between the markers; writes the plots into ``docs``."""
     cells = {budget: study_cells(records, budget) for budget in BUDGETS}
     subsets = ", ".join(f"{t} a fixed random {n} training examples" for t, n in TRAIN_SUBSETS.items())
     lines = [BEGIN, "", *progress_lines(records), ""]
@@ -406,12 +403,12 @@ def generated_section(records: Records, docs: Path, agreement: Path = AGREEMENT)
             *cut_table(records, budget),
             "",
         ]
-        agreement_lines = agreement_table(agreement, budget)
+        agreement_lines = agreement_table(records, budget)
         if agreement_lines:
             lines += [
                 "How far each mask is from magnitude's: the share of the weights a run keeps that the magnitude 2:4 "
-                "mask of its dense start keeps too (`python benchmarks/mask_agreement.py --work-dir <the study's>`, "
-                "from the exports; two random 2:4 masks share 50%):",
+                "mask of its dense start keeps too (measured from the exports when each run finished; two random 2:4 "
+                "masks share 50%):",
                 "",
                 *agreement_lines,
                 "",
@@ -468,7 +465,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     records = load_records(args.records)
     args.results.parent.mkdir(parents=True, exist_ok=True)
-    section = generated_section(records, args.results.parent, args.records.parent / AGREEMENT.name)
+    section = generated_section(records, args.results.parent)
     write_results(args.results, section)
     print(f"wrote {args.results} from {len(records)} records")
 

@@ -16,7 +16,6 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 import glue_study  # noqa: E402
 import main_job  # noqa: E402
-import mask_agreement  # noqa: E402
 import study_report  # noqa: E402
 from glue_study import RunSpec, Study  # noqa: E402
 
@@ -255,24 +254,41 @@ def write_export(directory: Path, weights: dict, layouts: dict[str, str]) -> Non
     (directory / "sparsity.json").write_text(json.dumps({"layers": layers}))
 
 
-def test_mask_agreement_counts_the_kept_weights_that_magnitude_keeps_too_in_either_layout(tmp_path: Path) -> None:
+def test_each_sparse_run_records_how_much_of_its_mask_magnitude_keeps_too_and_the_report_tabulates_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
 
     dense = torch.tensor([[4.0, 3.0, 2.0, 1.0, 1.0, 2.0, 3.0, 4.0]])  # magnitude keeps 0, 1 and 6, 7
     sparse = torch.tensor([[4.0, 0.0, 2.0, 0.0, 0.0, 0.0, 3.0, 4.0]])  # keeps 0, 2 and 6, 7: 3 of its 4 agree
     write_export(tmp_path / "dense", {"a": dense, "b": dense.t().clone()}, {})
     write_export(tmp_path / "sparse", {"a": sparse, "b": sparse.t().clone()}, {"a": "out_in", "b": "in_out"})
-    assert mask_agreement.kept_share(tmp_path / "sparse", tmp_path / "dense") == 6 / 8
-    record = tmp_path / "agreement.json"
-    share = "kept_share_of_magnitude_mask"
-    runs = {"x": {"method": "nxm", "budget": "paper", "task": "rte", "seed": 42, share: 0.75},
-            "y": {"method": "nxm", "budget": "paper", "task": "rte", "seed": 43, share: 0.85},
-            "z": {"method": "asp", "budget": "short", "task": "rte", "seed": 42, share: 1.0}}  # fmt: skip
-    record.write_text(json.dumps({"runs": runs}))
+    assert glue_study.kept_share(tmp_path / "sparse", tmp_path / "dense") == 6 / 8
+
+    # The driver measures it when a sparse run finishes, against the run's dense start (the teacher of a _kd run).
+    for method in ("nxm", "nxm_kd"):
+        spec = RunSpec(method, "rte", 42, 10, 1e-4, tmp_path / "work", "glue", "paper", records_dir=tmp_path / "records")
+        spec.model, spec.teacher = (None, str(tmp_path / "dense")) if method == "nxm_kd" else (str(tmp_path / "dense"), None)
+
+        def finish_run(command: list[str], log: object, threads: int | None, spec: RunSpec = spec) -> tuple[int, float]:
+            shutil.copytree(tmp_path / "sparse", spec.export_dir)
+            write_events(spec.run_dir, {"val/score": [(78, 60.0)]})
+            return 0, 1.0
+
+        monkeypatch.setattr(glue_study, "run_command", finish_run)
+        assert glue_study.execute(spec)["kept_share_of_magnitude_mask"] == 6 / 8
+
+    records = report_records(tmp_path / "report")
+    assert study_report.agreement_table(records, "paper") == []  # no run measured yet: no table
+    for record in records:
+        if record["method"] == "nxm" and record["task"] == "rte":
+            record["kept_share_of_magnitude_mask"] = 0.75 if record["seed"] == 42 else 0.85
+        if record["method"] == "nxm" and record["task"] == "stsb" and record["learning_rate"] == 5e-5:
+            record["kept_share_of_magnitude_mask"] = 0.1  # a sweep run the study did not choose: not tabulated
     rows = {line.split(" | ")[0].removeprefix("| "): line.strip("| ").split(" | ")[1:]
-            for line in study_report.agreement_table(record, "paper")[2:]}  # fmt: skip
-    assert rows["nxm"][list(study_report.TASKS).index("rte")] == "80.0% (n=2)" and rows["asp"] == ["-"] * 4
-    assert study_report.agreement_table(tmp_path / "missing.json", "paper") == []
+            for line in study_report.agreement_table(records, "paper")[2:]}  # fmt: skip
+    assert rows["nxm"][list(study_report.TASKS).index("rte")] == "80.0% (n=2)"
+    assert rows["nxm"][list(study_report.TASKS).index("stsb")] == "-" and rows["asp"] == ["-"] * 4
 
 
 def test_the_curves_plot_takes_the_first_seeds_chosen_runs_of_each_task(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
