@@ -4,10 +4,12 @@
 Every run is ``python cli.py fit --config <copy of configs/*.yaml> <overrides>`` in a subprocess, so the study measures
 exactly what users run. A finished run writes ``benchmarks/records/study/<name>.json`` (committed: the metrics read
 from the run's TensorBoard events, the wall and CPU time, the exact command, the resolved config, the package
-versions); a rerun skips every run with a current record, so the study resumes where it stopped, on this machine or
-another, and a run killed midway (its session ended) resumes from its last epoch's checkpoint when its work dir is
-still there. Runs, exports and logs go to the work dir (``benchmarks/results/study``, not committed); a dense export that
-a sparse run needs and that is missing (a new machine) is rebuilt by running its record's command again.
+versions; for a sparse run, the share of the weights it keeps that the magnitude mask of its dense start keeps too,
+measured from the exports as it finishes); a rerun skips every run with a current record, so the study resumes where
+it stopped, on this machine or another, and a run killed midway (its session ended) resumes from its last epoch's
+checkpoint when its work dir is still there. Runs, exports and logs go to the work dir (``benchmarks/results/study``,
+not committed); a dense export that a sparse run needs and that is missing (a new machine) is rebuilt by running its
+record's command again.
 
 The plan, in the order it runs (seed by seed across the tasks, so that a partial study gives whole seeds of the
 4-task average that the goals are on; each seed's short budget right after its paper budget):
@@ -39,7 +41,9 @@ on its AMD EPYC).
 ``run --precision`` (default ``auto``: ``bf16-mixed`` where bf16 is native, 0.64x the fp32 step time there, else
 ``32-true``) sets the precision of the runs it starts; it is not part of a run's fingerprint, so records made in
 another precision stay current, and each record says its own. ``kill <driver>`` stops its runs too; they resume from
-their last epoch's checkpoint, in the precision they started in, at the next ``run``.
+their last epoch's checkpoint, in the precision they started in, at the next ``run``. ``run --finish-within HOURS``
+starts only runs expected to end by then (the wall time of the same run at another seed), for a session whose machine
+goes away at a known time: a run cut off there starts again from scratch on the next machine.
 """
 
 from __future__ import annotations
@@ -62,7 +66,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -788,21 +792,52 @@ def cmd_run(args: argparse.Namespace) -> None:
     try:
         with study_lock(args.work_dir), ThreadPoolExecutor(args.workers) as pool:
             try:
-                run_study(study, pool, args.workers, args.keep_checkpoints, threads)
+                deadline = None if args.finish_within is None else time.monotonic() + 3600 * args.finish_within
+                run_study(study, pool, args.workers, args.keep_checkpoints, threads, deadline)
             finally:
                 stop_children()
     finally:
         _stopping.clear()  # the runs have ended: a later failure in this process is a failure again
 
 
-def run_study(study: Study, pool: ThreadPoolExecutor, workers: int, keep_checkpoints: bool, threads: int | None) -> None:
+def expected_wall_s(spec: RunSpec) -> float | None:
+    """How long ``spec`` is expected to take: the longest wall time recorded for it at any seed (for a dense run
+    rebuilt, its own record's); for a run no seed of which has finished (``nxm_paper`` runs one), 1.5x the longest
+    run of its task and budget; None while none of those has finished either."""
+    records = (replace(spec, seed=seed).record_path for seed in sorted({spec.seed, *SEEDS}))
+    own = [json.loads(path.read_text())["wall_s"] for path in records if path.exists()]
+    if own:
+        return max(own)
+    alike = (json.loads(path.read_text()) for path in spec.records_dir.glob(f"*_{spec.task}_s*.json"))
+    return max((1.5 * record["wall_s"] for record in alike if record.get("budget") == spec.budget), default=None)
+
+
+def run_study(
+    study: Study,
+    pool: ThreadPoolExecutor,
+    workers: int,
+    keep_checkpoints: bool,
+    threads: int | None,
+    deadline: float | None = None,
+) -> None:
     """Keep ``workers`` ready runs training until nothing is left or a run failed (then let the others finish).
 
     A missing dense export (a new machine) is rebuilt by one worker while the others take runs that do not need it.
+    ``deadline`` (a ``time.monotonic()`` value): start only what is expected to end before it (:func:`expected_wall_s`;
+    a rebuild together with the run that needs it), so that a session that ends then loses no work in flight.
     """
     running: dict[Future[Any], tuple[RunSpec, bool]] = {}  # the run, and whether it is a rebuild
     unbuildable: set[str] = set()  # dense runs whose rebuild failed: their sparse runs wait
+    too_long: set[str] = set()  # runs left out: not expected to end before the deadline
     failed = False
+
+    def fits(*specs: RunSpec) -> bool:
+        expected = [expected_wall_s(spec) for spec in specs] if deadline is not None else []
+        if None in expected or (expected and time.monotonic() + sum(expected) > deadline):
+            too_long.add(specs[-1].name)
+            return False
+        return True
+
     while True:
         for item in [] if failed else study.runs():
             if len(running) >= workers:
@@ -813,13 +848,18 @@ def run_study(study: Study, pool: ThreadPoolExecutor, workers: int, keep_checkpo
             if item.budget is not None:
                 dense = study.best_dense(item.task)
                 if not dense.export_dir.exists():
-                    if dense.name not in busy | unbuildable:
+                    if dense.name not in busy | unbuildable and fits(dense, item):
                         running[pool.submit(guarded, rebuild_export, dense, threads)] = (dense, True)
                     continue
-            running[pool.submit(guarded, execute, item, keep_checkpoints, threads)] = (item, False)
+            if fits(item):
+                too_long.discard(item.name)
+                running[pool.submit(guarded, execute, item, keep_checkpoints, threads)] = (item, False)
         if not running:
             if failed:
                 print("[stop] a run failed; fix it and start the study again (finished runs are kept)", flush=True)
+            elif too_long:
+                print(f"[end ] {len(too_long)} runs left are not expected to end within --finish-within (or no run "
+                      "like them has finished to tell how long they take); run again without it", flush=True)  # fmt: skip
             else:
                 print("[end ] nothing left to run (see `plan` for runs waiting on failed ones)", flush=True)
             return
@@ -851,6 +891,16 @@ def positive_int(text: str) -> int:
     return int(text)
 
 
+def positive_hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        hours = math.nan
+    if not hours > 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours > 0 (e.g. 2.5)")
+    return hours
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -868,6 +918,13 @@ def main(argv: list[str] | None = None) -> None:
         choices=PRECISIONS,
         default="auto",
         help="of the runs started now (default auto: bf16-mixed where bf16 is native, else 32-true)",
+    )
+    run.add_argument(
+        "--finish-within",
+        type=positive_hours,
+        metavar="HOURS",
+        help="start only runs expected to end within HOURS (by the wall time of the same run at another seed), so "
+        "that nothing is in flight when a session on this machine ends",
     )
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(

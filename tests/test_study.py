@@ -8,6 +8,7 @@ import statistics
 import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -132,6 +133,52 @@ def test_run_trains_ready_runs_two_at_a_time_and_stops_launching_after_a_failure
     assert all(done for name, _, done in launched if "_paper_" in name)  # the sweep waited for the whole dense grid
     assert any("_rte_" in name for name in names[:6]), names  # another task's dense grid filled the second worker meanwhile
     assert len(launched) <= 9  # after the failure, only the run already in flight finished
+
+
+def test_finish_within_starts_only_the_runs_another_seed_says_will_end_in_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(42, 43), records_dir=tmp_path / "records")
+    monkeypatch.setattr(glue_study, "Study", lambda *args, **kwargs: study)
+    for item in study.runs():  # seed 42 finished: 2 hours a paper run, 1 minute a short one, 10 minutes a dense one
+        if isinstance(item, RunSpec) and item.seed == 42:
+            record = finish(study, item, 80.0) | {"run_fingerprint": glue_study.run_fingerprint(item)}
+            record["wall_s"] = {"paper": 7200.0, "short": 60.0, None: 600.0}[item.budget]
+            glue_study.write_record(item.record_path, record)
+    seed_43 = [item.name for item in study.runs() if isinstance(item, RunSpec) and item.seed == 43]
+    assert len(seed_43) == 7 and sum("_short_" in name for name in seed_43) == 2
+    launched: list[str] = []
+
+    def fake_execute(spec: RunSpec, keep_checkpoints: bool, threads: int | None) -> dict | None:
+        launched.append(spec.name)
+        record = finish(study, spec, 80.0) | {"run_fingerprint": glue_study.run_fingerprint(spec)}
+        glue_study.write_record(spec.record_path, record)
+        return record
+
+    def fake_rebuild(spec: RunSpec, threads: int | None) -> bool:
+        launched.append(f"rebuild {spec.name}")
+        spec.export_dir.mkdir(parents=True)
+        return True
+
+    monkeypatch.setattr(glue_study, "execute", fake_execute)
+    monkeypatch.setattr(glue_study, "rebuild_export", fake_rebuild)
+    dense = study.best_dense("stsb")
+    shutil.rmtree(dense.export_dir)  # a new machine: the rebuild (10 min) and a short run (1 min) fit in an hour
+    glue_study.main(["run", "--work-dir", str(tmp_path / "work"), "--finish-within", "1"])
+    assert launched == [f"rebuild {dense.name}", *(name for name in seed_43 if "_short_" in name)]
+    assert "5 runs left are not expected to end within --finish-within" in capsys.readouterr().out
+    nxm_paper = next(item for item in study.runs() if isinstance(item, RunSpec) and item.method == "nxm_paper")
+    assert glue_study.expected_wall_s(nxm_paper) == 7200.0  # its own record
+    nxm_paper.record_path.unlink()
+    assert glue_study.expected_wall_s(nxm_paper) == 1.5 * 7200.0  # none of its seeds: the longest paper run, and room
+    assert glue_study.expected_wall_s(replace(nxm_paper, task="rte")) is None  # no run of the task has finished
+    shutil.rmtree(dense.export_dir)
+    launched.clear()
+    glue_study.main(["run", "--work-dir", str(tmp_path / "work"), "--finish-within", "0.1"])  # 6 min: no rebuild
+    assert launched == []
+    with pytest.raises(SystemExit):
+        glue_study.main(["run", "--work-dir", str(tmp_path / "work"), "--finish-within", "soon"])
+    assert "'soon' is not a number of hours > 0" in capsys.readouterr().err
 
 
 def test_a_short_task_gets_a_shorter_zstep_interval_for_its_budgets_fewest_zsteps() -> None:
