@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parent.parent
 BEGIN, END = "<!-- study_report:begin -->", "<!-- study_report:end -->"
 TASKS = {"cola": "CoLA (MCC)", "sst2": "SST-2 (acc)", "stsb": "STS-B (Pearson/Spearman)", "rte": "RTE (acc)"}
 METHODS = {
-    "dense": "dense (the best of the grid: the start and teacher)",
+    "dense": "dense (the best of the grid, as each seed's runs started from it: the start and teacher)",
     "asp": "asp (magnitude 2:4 once + masked fine-tuning)",
     "asp_kd": "asp_kd (asp + distillation from dense)",
     "nxm": "nxm (converging ADMM with Fisher saliency + cut + masked fine-tuning)",
@@ -81,10 +81,23 @@ def chosen_runs(records: Records, budget: str) -> list[tuple[RunSpec, dict[str, 
 
 def study_cells(records: Records, budget: str, at: str = "best_score") -> Cells:
     """``{(method, task): {seed: dev score}}`` of :func:`chosen_runs`: each run's ``best_score``, or its
-    ``final_score`` (the last epoch's); the dense cell is always the best epoch, the model that every run starts from."""
+    ``final_score`` (the last epoch's).
+
+    The dense cell is the model the sparse runs start from, always at its best epoch: per seed, the mean over that
+    seed's runs of their ``dense_start_score`` (a dense export rebuilt on another machine scores a little differently;
+    a record without one started from the original, the grid's best), or the grid's best while no run has finished.
+    """
+    chosen = chosen_runs(records, budget)
+    grid_best = {spec.task: (spec.seed, record["metrics"]["best_score"]) for spec, record in chosen if spec.budget is None}
     cells: Cells = defaultdict(dict)
-    for spec, record in chosen_runs(records, budget):
-        cells[(spec.method, spec.task)][spec.seed] = record["metrics"]["best_score" if spec.budget is None else at]
+    starts: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for spec, record in chosen:
+        if spec.budget is not None:
+            cells[(spec.method, spec.task)][spec.seed] = record["metrics"][at]
+            starts[spec.task][spec.seed].append(record.get("dense_start_score", grid_best[spec.task][1]))
+    for task, (seed, best) in grid_best.items():
+        by_seed = {s: statistics.mean(scores) for s, scores in starts[task].items()}
+        cells[("dense", task)] = by_seed or {seed: best}
     return cells
 
 

@@ -250,12 +250,12 @@ def report_records(tmp_path: Path) -> list[dict]:
 def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goals(tmp_path: Path) -> None:
     records = report_records(tmp_path)
     cells = study_report.study_cells(records, "paper")
-    assert cells[("dense", "rte")] == {42: 82.0}  # the grid's best
+    assert cells[("dense", "rte")] == {42: 82.0, 43: 82.0}  # the grid's best: every seed's start
     assert cells[("asp", "stsb")] == {42: 79.0, 43: 77.0}  # lr 5e-5: the sweep's 78.0 at 1e-4 is not a study run
     assert cells[("nxm", "stsb")] == {42: 81.0, 43: 80.0}
     assert cells[("asp", "rte")] == {42: 79.0, 43: 77.0}
     final = study_report.study_cells(records, "paper", at="final_score")
-    assert final[("asp", "rte")] == {42: 78.0, 43: 76.0} and final[("dense", "rte")] == {42: 82.0}  # dense: its export
+    assert final[("asp", "rte")] == {42: 78.0, 43: 76.0} and final[("dense", "rte")][42] == 82.0  # dense: its export
     paired = "\n".join(study_report.paired_lines(cells, "paper"))
     assert "| nxm - asp | +2.5 ± 0.7 (n=2) |" in paired and "| nxm_kd - asp_kd | +1.5 ± 0.0 (n=2) |" in paired
     assert study_report.goal_lines(cells) == [
@@ -273,6 +273,11 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
         "- nxm >= asp + 1.0 on the 4-task average: nxm 80.8 - asp 77.7 = +3.2: **met** (seeds 42, 43, 44 of the 3 planned)."
     )
     assert [study_report.signed(d) for d in (-0.04, -0.06, 0.0)] == ["+0.0", "-0.1", "+0.0"]  # no "-0.0"
+    for record in records:  # seed 43's RTE runs started from a dense export rebuilt on another machine
+        if record["task"] == "rte" and record["seed"] == 43 and record["budget"]:
+            record["dense_start_score"] = 83.0 if record["method"] == "asp" else 84.0
+    starts = study_report.study_cells(records, "paper")[("dense", "rte")]
+    assert starts == {42: 82.0, 43: pytest.approx((83.0 + 4 * 84.0) / 5)}  # asp's start and the other four methods'
     del cells[("nxm_kd", "cola")]
     assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
 
@@ -311,6 +316,7 @@ def test_each_sparse_run_records_how_much_of_its_mask_magnitude_keeps_too_and_th
     write_export(tmp_path / "dense", {"a": dense, "b": dense.t().clone()}, {})
     write_export(tmp_path / "sparse", {"a": sparse, "b": sparse.t().clone()}, {"a": "out_in", "b": "in_out"})
     assert glue_study.kept_share(tmp_path / "sparse", tmp_path / "dense") == 6 / 8
+    glue_study.note_dense_build(tmp_path / "dense", 85.0)  # the dense model's dev score, as the driver notes it
 
     # The driver measures it when a sparse run finishes, against the run's dense start (the teacher of a _kd run).
     for method in ("nxm", "nxm_kd"):
@@ -323,7 +329,8 @@ def test_each_sparse_run_records_how_much_of_its_mask_magnitude_keeps_too_and_th
             return 0, 1.0
 
         monkeypatch.setattr(glue_study, "run_command", finish_run)
-        assert glue_study.execute(spec)["kept_share_of_magnitude_mask"] == 6 / 8
+        record = glue_study.execute(spec)
+        assert record["kept_share_of_magnitude_mask"] == 6 / 8 and record["dense_start_score"] == 85.0
 
     records = report_records(tmp_path / "report")
     assert study_report.agreement_table(records, "paper") == []  # no run measured yet: no table
@@ -419,6 +426,10 @@ def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monke
     assert glue_study.rebuild_export(spec)
     record = json.loads(spec.record_path.read_text())
     assert record["metrics"]["best_score"] == 60.0 and [r["best_score"] for r in record["rebuilds"]] == [60.5]
+    # The sparse runs that start from the rebuild say so; an export without the note is the original run's.
+    assert glue_study.dense_start_score(spec.export_dir, spec.records_dir) == 60.5
+    (spec.export_dir / glue_study.DENSE_BUILD).unlink()
+    assert glue_study.dense_start_score(spec.export_dir, spec.records_dir) == 60.0
 
 
 def test_a_killed_run_resumes_from_its_last_checkpoint_and_its_void_events_are_dropped(
