@@ -84,8 +84,9 @@ def study_cells(records: Records, budget: str, at: str = "best_score") -> Cells:
     ``final_score`` (the last epoch's).
 
     The dense cell is the model the sparse runs start from, always at its best epoch: per seed, the mean over that
-    seed's runs of their ``dense_start_score`` (a dense export rebuilt on another machine scores a little differently;
-    a record without one started from the original, the grid's best), or the grid's best while no run has finished.
+    seed's runs (of the methods that run every seed) of their ``dense_start_score`` (a dense export rebuilt on another
+    machine scores a little differently; a record without one started from the original, the grid's best), or the
+    grid's best while no such run has finished.
     """
     chosen = chosen_runs(records, budget)
     grid_best = {spec.task: (spec.seed, record["metrics"]["best_score"]) for spec, record in chosen if spec.budget is None}
@@ -94,7 +95,8 @@ def study_cells(records: Records, budget: str, at: str = "best_score") -> Cells:
     for spec, record in chosen:
         if spec.budget is not None:
             cells[(spec.method, spec.task)][spec.seed] = record["metrics"][at]
-            starts[spec.task][spec.seed].append(record.get("dense_start_score", grid_best[spec.task][1]))
+            if spec.method not in BUDGETS[budget].first_seed_only:  # the start of the methods every seed compares
+                starts[spec.task][spec.seed].append(record.get("dense_start_score", grid_best[spec.task][1]))
     for task, (seed, best) in grid_best.items():
         by_seed = {s: statistics.mean(scores) for s, scores in starts[task].items()}
         cells[("dense", task)] = by_seed or {seed: best}

@@ -276,6 +276,8 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
     for record in records:  # seed 43's RTE runs started from a dense export rebuilt on another machine
         if record["task"] == "rte" and record["seed"] == 43 and record["budget"]:
             record["dense_start_score"] = 83.0 if record["method"] == "asp" else 84.0
+        if record["task"] == "rte" and record["method"] == "nxm_paper":  # one seed only: not a start the others share
+            record["dense_start_score"] = 99.0
     starts = study_report.study_cells(records, "paper")[("dense", "rte")]
     assert starts == {42: 82.0, 43: pytest.approx((83.0 + 4 * 84.0) / 5)}  # asp's start and the other four methods'
     del cells[("nxm_kd", "cola")]
