@@ -207,8 +207,8 @@ def goal_lines(cells: Cells) -> list[str]:
             lines.append(f"- {want}: **not yet measured** (both finished on: {', '.join(done) or 'no task'}).")
             continue
         met = a - b >= margin
-        # Every sparse seed starts from the one dense model, so the seeds that count are those the sparse method has
-        # finished on all four tasks; a verdict on fewer than the planned seeds may still turn.
+        # The seeds that count are those the sparse method has finished on all four tasks (the dense reference is
+        # their start); a verdict on fewer than the planned seeds may still turn.
         seeds = sorted(set.intersection(*(set(cells[(method, t)]) for t in TASKS)))
         over = f"seed{'s' if len(seeds) > 1 else ''} {', '.join(map(str, seeds))} of the {len(SEEDS)} planned"
         verdict = f"**{'met' if met else 'not met'}**" + ("" if len(seeds) == len(SEEDS) else ", provisional")
