@@ -79,6 +79,16 @@ def chosen_runs(records: Records, budget: str) -> list[tuple[RunSpec, dict[str, 
     return chosen
 
 
+def run_starts(records: Records, budget: str) -> dict[tuple[str, str, int], float]:
+    """``{(method, task, seed): dev score of the dense model the run started from}`` for the chosen sparse runs at
+    ``budget``: its ``dense_start_score``, or (a record from before the driver noted it: the original export) the
+    grid's best."""
+    chosen = chosen_runs(records, budget)
+    grid_best = {spec.task: record["metrics"]["best_score"] for spec, record in chosen if spec.budget is None}
+    return {(spec.method, spec.task, spec.seed): record.get("dense_start_score", grid_best[spec.task])
+            for spec, record in chosen if spec.budget is not None}  # fmt: skip
+
+
 def study_cells(records: Records, budget: str, at: str = "best_score") -> Cells:
     """``{(method, task): {seed: dev score}}`` of :func:`chosen_runs`: each run's ``best_score``, or its
     ``final_score`` (the last epoch's).
@@ -88,18 +98,15 @@ def study_cells(records: Records, budget: str, at: str = "best_score") -> Cells:
     machine scores a little differently; a record without one started from the original, the grid's best), or the
     grid's best while no such run has finished.
     """
-    chosen = chosen_runs(records, budget)
-    grid_best = {spec.task: (spec.seed, record["metrics"]["best_score"]) for spec, record in chosen if spec.budget is None}
     cells: Cells = defaultdict(dict)
+    for spec, record in chosen_runs(records, budget):
+        cells[(spec.method, spec.task)][spec.seed] = record["metrics"]["best_score" if spec.budget is None else at]
     starts: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for spec, record in chosen:
-        if spec.budget is not None:
-            cells[(spec.method, spec.task)][spec.seed] = record["metrics"][at]
-            if spec.method not in BUDGETS[budget].first_seed_only:  # the start of the methods every seed compares
-                starts[spec.task][spec.seed].append(record.get("dense_start_score", grid_best[spec.task][1]))
-    for task, (seed, best) in grid_best.items():
-        by_seed = {s: statistics.mean(scores) for s, scores in starts[task].items()}
-        cells[("dense", task)] = by_seed or {seed: best}
+    for (method, task, seed), start in run_starts(records, budget).items():
+        if method not in BUDGETS[budget].first_seed_only:  # the start of the methods every seed compares
+            starts[task][seed].append(start)
+    for task, by_seed in starts.items():
+        cells[("dense", task)] = {seed: statistics.mean(scores) for seed, scores in by_seed.items()}
     return cells
 
 
@@ -153,6 +160,20 @@ def paired_lines(cells: Cells, budget: str) -> list[str]:
             )  # fmt: skip
         lines.append(f"| {first} - {second} | " + " | ".join(row) + " |")
     return lines
+
+
+def split_pairs_note(records: Records, budget: str) -> list[str]:
+    """A note on the pairs of :data:`PAIRS` whose two runs of one seed started from different builds of the dense
+    model (a session ended between them and the next machine rebuilt the export): their difference holds the dense
+    models' difference too. Nothing when every pair shares its start."""
+    starts = run_starts(records, budget)
+    split = [f"{TASKS[task].split(' ')[0]} seed {seed}: {first} - {second} ({start:.2f} vs {starts[(second, task, seed)]:.2f})"
+             for first, second in PAIRS for (method, task, seed), start in starts.items()
+             if method == first and starts.get((second, task, seed), start) != start]  # fmt: skip
+    if not split:
+        return []
+    return ["Pairs whose two runs started from different builds of the dense model (the dev score of each start; the "
+            "difference above includes theirs): " + "; ".join(split) + ".", ""]  # fmt: skip
 
 
 def cut_table(records: Records, budget: str) -> list[str]:
@@ -411,6 +432,7 @@ def generated_section(records: Records, docs: Path) -> list[str]:
             "",
             *paired_lines(budget_cells, budget),
             "",
+            *split_pairs_note(records, budget),
             "Where the points go: the dev score just before the cut → right after it → the run's best (means over "
             "seeds). Before the cut is the dense start for a cut at fit start (asp, asp_kd; asp_fisher's after 32 "
             "dense steps) and the dense-evaluated W at the end of the ADMM phase for nxm, nxm_kd and nxm_paper:",

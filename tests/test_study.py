@@ -280,6 +280,13 @@ def test_the_report_takes_the_chosen_runs_pairs_them_by_seed_and_checks_the_goal
             record["dense_start_score"] = 99.0
     starts = study_report.study_cells(records, "paper")[("dense", "rte")]
     assert starts == {42: 82.0, 43: pytest.approx((83.0 + 4 * 84.0) / 5)}  # asp's start and the other four methods'
+    # nxm and asp of seed 43 started from different builds: the note says so; nxm_kd and asp_kd share theirs
+    assert study_report.split_pairs_note(records, "paper")[0].endswith(
+        "difference above includes theirs): RTE seed 43: nxm - asp (84.00 vs 83.00)."
+    )
+    for record in records:
+        record.pop("dense_start_score", None)
+    assert study_report.split_pairs_note(records, "paper") == []
     del cells[("nxm_kd", "cola")]
     assert study_report.goal_lines(cells)[1].endswith("**not yet measured** (both finished on: SST-2, STS-B, RTE).")
 
