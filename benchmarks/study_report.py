@@ -79,11 +79,10 @@ def chosen_runs(records: Records, budget: str) -> list[tuple[RunSpec, dict[str, 
     return chosen
 
 
-def run_starts(records: Records, budget: str) -> dict[tuple[str, str, int], float]:
-    """``{(method, task, seed): dev score of the dense model the run started from}`` for the chosen sparse runs at
-    ``budget``: its ``dense_start_score``, or (a record from before the driver noted it: the original export) the
-    grid's best."""
-    chosen = chosen_runs(records, budget)
+def run_starts(chosen: list[tuple[RunSpec, dict[str, Any]]]) -> dict[tuple[str, str, int], float]:
+    """``{(method, task, seed): dev score of the dense model the run started from}`` for the sparse runs of
+    ``chosen`` (:func:`chosen_runs`): its ``dense_start_score``, or (a record from before the driver noted it: the
+    original export) the grid's best."""
     grid_best = {spec.task: record["metrics"]["best_score"] for spec, record in chosen if spec.budget is None}
     return {(spec.method, spec.task, spec.seed): record.get("dense_start_score", grid_best[spec.task])
             for spec, record in chosen if spec.budget is not None}  # fmt: skip
@@ -98,11 +97,12 @@ def study_cells(records: Records, budget: str, at: str = "best_score") -> Cells:
     machine scores a little differently; a record without one started from the original, the grid's best), or the
     grid's best while no such run has finished.
     """
+    chosen = chosen_runs(records, budget)
     cells: Cells = defaultdict(dict)
-    for spec, record in chosen_runs(records, budget):
+    for spec, record in chosen:
         cells[(spec.method, spec.task)][spec.seed] = record["metrics"]["best_score" if spec.budget is None else at]
     starts: dict[str, dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    for (method, task, seed), start in run_starts(records, budget).items():
+    for (method, task, seed), start in run_starts(chosen).items():
         if method not in BUDGETS[budget].first_seed_only:  # the start of the methods every seed compares
             starts[task][seed].append(start)
     for task, by_seed in starts.items():
@@ -166,7 +166,7 @@ def split_pairs_note(records: Records, budget: str) -> list[str]:
     """A note on the pairs of :data:`PAIRS` whose two runs of one seed started from different builds of the dense
     model (a session ended between them and the next machine rebuilt the export): their difference holds the dense
     models' difference too. Nothing when every pair shares its start."""
-    starts = run_starts(records, budget)
+    starts = run_starts(chosen_runs(records, budget))
     split = [f"{TASKS[task].split(' ')[0]} seed {seed}: {first} - {second} ({start:.2f} vs {starts[(second, task, seed)]:.2f})"
              for first, second in PAIRS for (method, task, seed), start in starts.items()
              if method == first and starts.get((second, task, seed), start) != start]  # fmt: skip
