@@ -420,13 +420,19 @@ def test_main_job_record_reads_the_last_zstep_against_the_thresholds(
 
 def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     spec = RunSpec("dense", "rte", 42, 10, 1e-4, tmp_path / "work", "glue", records_dir=tmp_path / "records")
-    glue_study.write_record(spec.record_path, {"name": spec.name, "metrics": {"best_score": 60.0}})
+    fingerprint = glue_study.run_fingerprint(spec)
+    glue_study.write_record(spec.record_path, {"name": spec.name, "metrics": {"best_score": 60.0},
+                                               "run_fingerprint": fingerprint})  # fmt: skip
     spec.run_dir.mkdir(parents=True)  # what the finished run left, which must not stop the rebuild
-    (spec.run_dir / "fingerprint").write_text(glue_study.run_fingerprint(spec))
+    (spec.run_dir / "fingerprint").write_text(fingerprint)
     (spec.run_dir / "fit_done.json").write_text('{"wall_s": 1.0, "cpu_s": 1.0}')
 
     def rerun(command: list[str], log: object, threads: int | None) -> tuple[int, float]:
         assert command == spec.command() and not (spec.run_dir / "fit_done.json").exists()
+        # It stops at the first epoch that scores the record's best (an equal score counts).
+        callbacks = yaml.safe_load(spec.config_path.read_text())["trainer"]["callbacks"]
+        early = next(c["init_args"] for c in callbacks if c["class_path"] == glue_study.EARLY_STOPPING)
+        assert 59.99 < early["stopping_threshold"] < 60.0 and early["patience"] == glue_study.DENSE_PATIENCE
         spec.export_dir.mkdir(parents=True)
         write_events(spec.run_dir, {"val/score": [(78, 59.0), (156, 60.5)]})
         return 0, 1.0
@@ -435,6 +441,8 @@ def test_a_missing_dense_export_is_rebuilt_from_its_record(tmp_path: Path, monke
     assert glue_study.rebuild_export(spec)
     record = json.loads(spec.record_path.read_text())
     assert record["metrics"]["best_score"] == 60.0 and [r["best_score"] for r in record["rebuilds"]] == [60.5]
+    assert record["rebuilds"][0]["best_step"] == 156
+    assert glue_study.current_record(spec) is not None  # the planned run, without the threshold, stays current
     # The sparse runs that start from the rebuild say so; an export without the note is the original run's.
     assert glue_study.dense_start_score(spec.export_dir, spec.records_dir) == 60.5
     (spec.export_dir / glue_study.DENSE_BUILD).unlink()
