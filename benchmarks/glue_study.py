@@ -83,6 +83,9 @@ RECORDS = REPO / "benchmarks" / "records" / "study"
 DENSE_BUILD = "study_build.json"
 TASKS = ("stsb", "rte", "cola", "sst2")
 SEEDS = (42, 43, 44)
+# The dense grid, the learning-rate sweep and the one-seed methods run at the first seed; every seed's sparse runs
+# start from that dense grid's best, so `--seeds` selects sparse runs only (`--seeds 44` must not plan a new grid).
+FIRST_SEED = SEEDS[0]
 METHOD_CONFIGS = {
     "dense": "glue_dense.yaml",
     "asp": "glue_asp.yaml",
@@ -693,13 +696,13 @@ class Study:
         return max(scored, key=lambda item: item[0]["metrics"]["best_score"])[1]
 
     def dense_grid(self, task: str) -> list[RunSpec]:
-        return [self.spec("dense", task, self.seeds[0], lr) for lr in DENSE_LRS]
+        return [self.spec("dense", task, FIRST_SEED, lr) for lr in DENSE_LRS]
 
     def best_dense(self, task: str) -> RunSpec:
         return self.best(self.dense_grid(task))
 
     def sweep(self, method: str) -> list[RunSpec]:
-        return [self.spec(method, SWEEP_TASK, self.seeds[0], lr, "paper") for lr in SPARSE_LRS]
+        return [self.spec(method, SWEEP_TASK, FIRST_SEED, lr, "paper") for lr in SPARSE_LRS]
 
     def learning_rate(self, method: str, budget: str) -> float:
         """The method's learning rate at ``budget``: fixed, the config's (no partner: nxm_paper), or its sweep's best."""
@@ -736,7 +739,7 @@ class Study:
                                 lambda: [spec for pair in zip(self.sweep("asp"), self.sweep("nxm")) for spec in pair]
                             )
                     for method in BUDGETS[budget].methods:
-                        if seed != self.seeds[0] and method in BUDGETS[budget].first_seed_only:
+                        if seed != FIRST_SEED and method in BUDGETS[budget].first_seed_only:
                             continue
                         yield from self._planned(
                             lambda m=method, t=task, s=seed, b=budget: [self.spec(m, t, s, self.learning_rate(m, b), b)]
@@ -945,7 +948,13 @@ def main(argv: list[str] | None = None) -> None:
     common.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / "results" / "study")
     common.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
     common.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    common.add_argument("--seeds", nargs="+", type=int, default=list(SEEDS))
+    common.add_argument(
+        "--seeds",
+        nargs="+",
+        type=int,
+        default=list(SEEDS),
+        help=f"the seeds whose sparse runs to plan (default: all); the dense grid and the sweep stay at seed {FIRST_SEED}",
+    )
     common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
     run = sub.add_parser("run", parents=[common], help="run what has no record yet: ready runs side by side")
     run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")

@@ -20,7 +20,20 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
-from glue_study import BUDGETS, DENSE_LRS, FP32, RECORDS, SEEDS, SPARSE_LRS, SWEEP_TASK, TRAIN_SUBSETS, RunSpec, Study, Waiting
+from glue_study import (
+    BUDGETS,
+    DENSE_LRS,
+    FIRST_SEED,
+    FP32,
+    RECORDS,
+    SEEDS,
+    SPARSE_LRS,
+    SWEEP_TASK,
+    TRAIN_SUBSETS,
+    RunSpec,
+    Study,
+    Waiting,
+)
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -378,7 +391,7 @@ def plot_dev_curves(records: Records, path: Path, budget: str = "paper") -> bool
     method loses its points and whether it wins them back. False when no run has its evaluations recorded."""
     runs: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
     for spec, record in chosen_runs(records, budget):
-        if record["metrics"].get("val_scores") and (spec.budget is None or spec.seed == SEEDS[0]):
+        if record["metrics"].get("val_scores") and (spec.budget is None or spec.seed == FIRST_SEED):
             runs[spec.task][spec.method] = record["metrics"]
     tasks = [task for task in TASKS if len(runs.get(task, {})) > 1]
     if not tasks:
@@ -396,7 +409,7 @@ def plot_dev_curves(records: Records, path: Path, budget: str = "paper") -> bool
             if metrics.get("prune_score_after") is not None:
                 ax.plot(metrics["prune_step"] / per_epoch, metrics["prune_score_after"], "x", color=color, markersize=8)
         ax.set_xlabel("epoch")
-        ax.set_title(f"{TASKS[task]}, seed {SEEDS[0]}: x = the cut", fontsize=8)
+        ax.set_title(f"{TASKS[task]}, seed {FIRST_SEED}: x = the cut", fontsize=8)
         ax.legend(fontsize=6)
     axes[0][0].set_ylabel("dev score (GLUE points)")
     fig.tight_layout()

@@ -78,6 +78,22 @@ def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense
     assert len(names) == len(set(names)) == 3 + 6 + 2 * 5 - 2 + 1 + 2 * 2  # no run planned twice
 
 
+def test_a_study_of_later_seeds_only_starts_from_the_first_seeds_dense_grid_and_sweep(tmp_path: Path) -> None:
+    # `--seeds 44` resumes one seed on a new machine: it must reuse seed 42's dense grid and sweep, not plan its own.
+    full = small_study(tmp_path)
+    for spec, score in zip(full.dense_grid("stsb"), (84.0, 86.0, 85.0)):
+        finish(full, spec, score)
+    for method in ("asp", "nxm"):
+        for spec, score in zip(full.sweep(method), (83.0, 81.0, 82.0)):
+            finish(full, spec, score)
+    later = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(43,), records_dir=tmp_path / "records")
+    assert later.dense_grid("stsb") == full.dense_grid("stsb") and later.sweep("nxm") == full.sweep("nxm")
+    pending_runs = [item for item in later.runs() if isinstance(item, RunSpec) and later.record(item) is None]
+    assert pending_runs and {spec.seed for spec in pending_runs} == {43}
+    assert "nxm_paper" not in {spec.method for spec in pending_runs}  # a first-seed-only method
+    assert {spec.model or spec.teacher for spec in pending_runs} == {str(full.dense_grid("stsb")[1].export_dir)}
+
+
 def test_the_plan_goes_seed_by_seed_at_both_budgets_and_each_dense_grid_comes_before_its_tasks_runs(tmp_path: Path) -> None:
     records = tmp_path / "records"
     study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb", "rte"), seeds=(42, 43), records_dir=records)
