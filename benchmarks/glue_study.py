@@ -20,10 +20,11 @@ The plan, in the order it runs (seed by seed across the tasks, so that a partial
 2. On :data:`SWEEP_TASK` only: ``asp`` and ``nxm`` at the ``paper`` budget for each of :data:`SPARSE_LRS`; the best
    becomes the learning rate of that method (and of its ``_kd`` and ``_fisher`` partners) on every task.
 3. The ``paper`` budget (10 epochs after the dense stage; ADMM's phase holds at least 20 Z-steps): ``asp``
-   (``glue_asp.yaml``), ``asp_kd`` (``glue_asp_kd.yaml``), ``nxm`` (``glue_nxm.yaml``), ``nxm_kd`` (``glue_kd.yaml``)
-   and the ablation ``asp_fisher`` (``glue_asp_fisher.yaml``: asp's one-shot cut ranked by Fisher, as nxm ranks;
-   on the first seed it scored within a point of nxm or above it, so it gets every seed) for every seed; for the
-   first seed, ``nxm_paper`` (``glue_paper.yaml``, the research code's recipe).
+   (``glue_asp.yaml``), ``nxm`` (``glue_nxm.yaml``), ``asp_kd`` (``glue_asp_kd.yaml``), ``nxm_kd`` (``glue_kd.yaml``)
+   (each pair of the goals' differences back to back) and the ablation ``asp_fisher`` (``glue_asp_fisher.yaml``:
+   asp's one-shot cut ranked by Fisher, as nxm ranks; on the first seed it scored within a point of nxm or above it,
+   so it gets every seed) for every seed; for the first seed, ``nxm_paper`` (``glue_paper.yaml``, the research
+   code's recipe).
 4. The ``short`` budget (1 epoch after the dense stage, the previous study's): ``asp`` and ``nxm`` at the
    learning rates that study chose, for every seed.
 
@@ -125,9 +126,11 @@ class Budget:
     min_zsteps: int = 4  # the fewest Z-steps an ADMM phase may hold: the Z-step interval shortens to give them
 
 
+# Each budget's methods in running order: the two runs of each paired difference the goals are on next to each other,
+# so that a session ending within a task's seed leaves whole pairs, each trained from one build of the dense model.
 BUDGETS = {
     "paper": Budget(
-        10, ("asp", "asp_kd", "nxm", "nxm_kd", "asp_fisher", "nxm_paper"), first_seed_only=("nxm_paper",), min_zsteps=20
+        10, ("asp", "nxm", "asp_kd", "nxm_kd", "asp_fisher", "nxm_paper"), first_seed_only=("nxm_paper",), min_zsteps=20
     ),
     # The previous study's budget: its ADMM phase held 4-5 Z-steps (STS-B's 90 steps; RTE's 39 get 4 too).
     "short": Budget(1, ("asp", "nxm"), fixed_lrs={"asp": 2e-4, "nxm": 3e-4}),

@@ -94,6 +94,19 @@ def test_a_study_of_later_seeds_only_starts_from_the_first_seeds_dense_grid_and_
     assert {spec.model or spec.teacher for spec in pending_runs} == {str(full.dense_grid("stsb")[1].export_dir)}
 
 
+def test_the_two_runs_of_each_goals_pair_run_back_to_back(tmp_path: Path) -> None:
+    # A session that ends within a task's seed then leaves whole pairs, each started from one build of the dense model.
+    study = small_study(tmp_path)
+    for spec, score in zip(study.dense_grid("stsb"), (84.0, 86.0, 85.0)):
+        finish(study, spec, score)
+    for method in ("asp", "nxm"):
+        for spec, score in zip(study.sweep(method), (83.0, 81.0, 82.0)):
+            finish(study, spec, score)
+    order = [s.method for s in study.runs() if isinstance(s, RunSpec) and (s.budget, s.seed) == ("paper", 43)]
+    pairs = [(first, second) for first, second, _ in study_report.GOALS if "dense" not in (first, second)]
+    assert pairs and all(abs(order.index(first) - order.index(second)) == 1 for first, second in pairs), order
+
+
 def test_the_plan_goes_seed_by_seed_at_both_budgets_and_each_dense_grid_comes_before_its_tasks_runs(tmp_path: Path) -> None:
     records = tmp_path / "records"
     study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb", "rte"), seeds=(42, 43), records_dir=records)
