@@ -39,6 +39,15 @@ def pending(study: Study) -> list[str]:
             or study.record(item) is None]  # fmt: skip
 
 
+def finish_grid_and_sweep(study: Study) -> None:
+    """Finish STS-B's dense grid (lr 1e-4 best) and the sweep (lr 1e-4 best for asp and nxm)."""
+    for spec, score in zip(study.dense_grid("stsb"), (84.0, 86.0, 85.0)):
+        finish(study, spec, score)
+    for method in ("asp", "nxm"):
+        for spec, score in zip(study.sweep(method), (83.0, 81.0, 82.0)):
+            finish(study, spec, score)
+
+
 def test_the_plan_runs_the_dense_grid_first_and_starts_every_sparse_run_from_its_best(tmp_path: Path) -> None:
     study = small_study(tmp_path)
     grid = study.dense_grid("stsb")
@@ -81,11 +90,7 @@ def test_each_method_runs_at_its_sweeps_best_learning_rate_and_kd_uses_the_dense
 def test_a_study_of_later_seeds_only_starts_from_the_first_seeds_dense_grid_and_sweep(tmp_path: Path) -> None:
     # `--seeds 44` resumes one seed on a new machine: it must reuse seed 42's dense grid and sweep, not plan its own.
     full = small_study(tmp_path)
-    for spec, score in zip(full.dense_grid("stsb"), (84.0, 86.0, 85.0)):
-        finish(full, spec, score)
-    for method in ("asp", "nxm"):
-        for spec, score in zip(full.sweep(method), (83.0, 81.0, 82.0)):
-            finish(full, spec, score)
+    finish_grid_and_sweep(full)
     later = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(43,), records_dir=tmp_path / "records")
     assert later.dense_grid("stsb") == full.dense_grid("stsb") and later.sweep("nxm") == full.sweep("nxm")
     pending_runs = [item for item in later.runs() if isinstance(item, RunSpec) and later.record(item) is None]
@@ -97,11 +102,7 @@ def test_a_study_of_later_seeds_only_starts_from_the_first_seeds_dense_grid_and_
 def test_the_two_runs_of_each_goals_pair_run_back_to_back(tmp_path: Path) -> None:
     # A session that ends within a task's seed then leaves whole pairs, each started from one build of the dense model.
     study = small_study(tmp_path)
-    for spec, score in zip(study.dense_grid("stsb"), (84.0, 86.0, 85.0)):
-        finish(study, spec, score)
-    for method in ("asp", "nxm"):
-        for spec, score in zip(study.sweep(method), (83.0, 81.0, 82.0)):
-            finish(study, spec, score)
+    finish_grid_and_sweep(study)
     order = [s.method for s in study.runs() if isinstance(s, RunSpec) and (s.budget, s.seed) == ("paper", 43)]
     pairs = [(first, second) for first, second, _ in study_report.GOALS if "dense" not in (first, second)]
     assert pairs and all(abs(order.index(first) - order.index(second)) == 1 for first, second in pairs), order
