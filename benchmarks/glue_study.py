@@ -43,8 +43,9 @@ on its AMD EPYC).
 ``32-true``) sets the precision of the runs it starts; it is not part of a run's fingerprint, so records made in
 another precision stay current, and each record says its own. ``kill <driver>`` stops its runs too; they resume from
 their last epoch's checkpoint, in the precision they started in, at the next ``run``. ``run --finish-within HOURS``
-starts only runs expected to end by then (the wall time of the same run at another seed), for a session whose machine
-goes away at a known time: a run cut off there starts again from scratch on the next machine.
+starts only runs expected to end by then (the median wall time of the same run at the seeds run alike, else the
+longest at any seed: :func:`expected_wall_s`), for a session whose machine goes away at a known time: a run cut off
+there starts again from scratch on the next machine.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ import platform
 import shlex
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import threading
@@ -317,7 +319,9 @@ def run_metrics(run_dir: Path) -> dict[str, Any]:
 
 
 def environment() -> dict[str, Any]:
-    """Package versions, Python, the machine and the repository's commit (and whether the tree was modified)."""
+    """Package versions, Python, the machine (:func:`machine`) and the repository's commit (and whether the tree was
+    modified)."""
+
     versions = {}
     for package in PACKAGES:
         with contextlib.suppress(metadata.PackageNotFoundError):
@@ -327,11 +331,19 @@ def environment() -> dict[str, Any]:
     return {
         "packages": versions,
         "python": platform.python_version(),
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}",
+        **machine(),
         "accelerator": _accelerator(),
         "git_commit": commit,
         "git_dirty": bool(dirty.stdout.strip()),
     }
+
+
+def machine() -> dict[str, Any]:
+    """The machine, and whether its CPU has native bf16 (the CPU's name does not tell the two kinds of AMD EPYC apart,
+    one with it and one without; their dense builds and step times differ)."""
+    from nxm_lightning.sparsity.precision import has_fast_bf16_cpu
+
+    return {"machine": f"{platform.machine()}, {os.cpu_count()} CPUs, {_cpu_name()}", "cpu_native_bf16": has_fast_bf16_cpu()}
 
 
 def _cpu_name() -> str:
@@ -600,7 +612,7 @@ def execute(spec: RunSpec, keep_checkpoints: bool = False, threads: int | None =
 
 def note_dense_build(export_dir: Path, best_score: float) -> None:
     """Write into a dense export the dev score of the model it holds (:data:`DENSE_BUILD`)."""
-    build = {"best_score": best_score, "machine": environment()["machine"]}
+    build = {"best_score": best_score, **machine()}
     (export_dir / DENSE_BUILD).write_text(json.dumps(build))
 
 
@@ -638,7 +650,7 @@ def rebuild_export(spec: RunSpec, threads: int | None = None) -> bool:
     rebuilt = metrics["best_score"]
     record.setdefault("rebuilds", []).append(
         {"best_score": rebuilt, "best_step": metrics["best_step"], "evaluations": metrics["evaluations"],
-         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), "machine": environment()["machine"]}
+         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"), **machine()}
     )  # fmt: skip
     write_record(spec.record_path, record)
     note_dense_build(spec.export_dir, rebuilt)
@@ -843,14 +855,35 @@ def cmd_run(args: argparse.Namespace) -> None:
         _stopping.clear()  # the runs have ended: a later failure in this process is a failure again
 
 
-def expected_wall_s(spec: RunSpec) -> float | None:
-    """How long ``spec`` is expected to take: the longest wall time recorded for it at any seed (for a dense run
-    rebuilt, its own record's); for a run no seed of which has finished (``nxm_paper`` runs one), 1.5x the longest
-    run of its task and budget; None while none of those has finished either."""
-    records = (replace(spec, seed=seed).record_path for seed in sorted({spec.seed, *SEEDS}))
-    own = [json.loads(path.read_text())["wall_s"] for path in records if path.exists()]
+def expected_wall_s(spec: RunSpec, threads: int | None = None) -> float | None:
+    """How long ``spec`` is expected to take: the median wall time recorded for it at the seeds run alike (this
+    machine, ``spec``'s precision, ``threads`` per run), else the longest at any seed (for a dense run rebuilt, its
+    own record's); for a run no seed of which has finished (``nxm_paper`` runs one), 1.5x the longest run of its task
+    and budget; None while none of those has finished either.
+
+    The median of the alike: one seed's run on a machine busy with other work (SST-2's seed 42 took twice as long as
+    seeds 43 and 44 on the same machine) would otherwise hold back every run that fits; another machine's times say
+    little (the fp32 and bf16 steps differ 1.5x), so only the longest of those is safe.
+    """
+    paths = (replace(spec, seed=seed).record_path for seed in sorted({spec.seed, *SEEDS}))
+    own = [json.loads(path.read_text()) for path in paths if path.exists()]
+    here = machine()
+
+    def run_alike(record: dict[str, Any]) -> bool:
+        made_on = record.get("environment", {})
+        return (
+            record.get("precision", FP32) == spec.precision
+            and record.get("threads") == (threads or torch_threads())
+            and made_on.get("machine") == here["machine"]
+            # A record from before the flag matches on precision alone (bf16-mixed was chosen only where it is native).
+            and made_on.get("cpu_native_bf16", here["cpu_native_bf16"]) == here["cpu_native_bf16"]
+        )
+
+    alike = [record["wall_s"] for record in own if run_alike(record)]
+    if alike:
+        return statistics.median(alike)
     if own:
-        return max(own)
+        return max(record["wall_s"] for record in own)
     alike = (json.loads(path.read_text()) for path in spec.records_dir.glob(f"*_{spec.task}_s*.json"))
     return max((1.5 * record["wall_s"] for record in alike if record.get("budget") == spec.budget), default=None)
 
@@ -875,7 +908,7 @@ def run_study(
     failed = False
 
     def fits(*specs: RunSpec) -> bool:
-        expected = [expected_wall_s(spec) for spec in specs] if deadline is not None else []
+        expected = [expected_wall_s(spec, threads) for spec in specs] if deadline is not None else []
         if None in expected or (expected and time.monotonic() + sum(expected) > deadline):
             too_long.add(specs[-1].name)
             return False
@@ -972,8 +1005,9 @@ def main(argv: list[str] | None = None) -> None:
         "--finish-within",
         type=positive_hours,
         metavar="HOURS",
-        help="start only runs expected to end within HOURS (by the wall time of the same run at another seed), so "
-        "that nothing is in flight when a session on this machine ends",
+        help="start only runs expected to end within HOURS (by the wall time of the same run at other seeds: the "
+        "median of those run alike on this machine, else the longest), so that nothing is in flight when a session "
+        "on this machine ends",
     )
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(

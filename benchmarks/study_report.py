@@ -306,14 +306,16 @@ def runs_table(records: Records) -> list[str]:
 
 
 def environment_lines(records: Records) -> list[str]:
-    envs = sorted({json.dumps({k: v for k, v in r["environment"].items() if k != "git_commit"}, sort_keys=True)
-                   for r in records})  # fmt: skip
+    envs = sorted({json.dumps({k: v for k, v in r["environment"].items() if k not in ("git_commit", "git_dirty")},
+                              sort_keys=True) for r in records})  # fmt: skip
     lines = []
     for text in envs:
         env = json.loads(text)
         packages = ", ".join(f"{k} {v}" for k, v in env["packages"].items())
-        lines.append(f"- {env['machine']}; accelerator: {env['accelerator']}; Python {env['python']}; {packages}")
-    commits = sorted({r["environment"]["git_commit"][:10] for r in records})
+        bf16 = {True: " (native bf16)", False: " (no native bf16)", None: ""}[env.get("cpu_native_bf16")]
+        lines.append(f"- {env['machine']}{bf16}; accelerator: {env['accelerator']}; Python {env['python']}; {packages}")
+    commits = sorted({r["environment"]["git_commit"][:10] + (" (+ local changes)" if r["environment"].get("git_dirty")
+                      else "") for r in records})  # fmt: skip
     return [*lines, f"- commits: {', '.join(commits)}"] if lines else ["No records yet."]
 
 

@@ -161,6 +161,26 @@ def test_run_trains_ready_runs_two_at_a_time_and_stops_launching_after_a_failure
     assert len(launched) <= 9  # after the failure, only the run already in flight finished
 
 
+def test_the_expected_wall_time_is_the_median_of_the_seeds_run_alike_else_the_longest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    study = Study(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), records_dir=tmp_path / "records",
+                  precision=glue_study.BF16)  # fmt: skip
+    finish_grid_and_sweep(study)
+    asp = next(item for item in study.runs() if isinstance(item, RunSpec) and item.method == "asp" and item.seed == 42)
+    here = glue_study.machine()
+    monkeypatch.setenv("OMP_NUM_THREADS", "2")
+    made = {42: (2700.0, here), 43: (1200.0, here), 44: (1300.0, here | {"cpu_native_bf16": not here["cpu_native_bf16"]})}
+    for seed, (wall, made_on) in made.items():
+        record = finish(study, replace(asp, seed=seed), 80.0)
+        glue_study.write_record(replace(asp, seed=seed).record_path, record | {
+            "wall_s": wall, "precision": glue_study.BF16, "threads": 1, "environment": made_on})  # fmt: skip
+    # Seeds 42 and 43 alike (the busy machine's 2700 s and 1200 s), seed 44 on the other kind of CPU: left out.
+    assert glue_study.expected_wall_s(asp, threads=1) == statistics.median([2700.0, 1200.0])
+    assert glue_study.expected_wall_s(asp, threads=None) == 2700.0  # two threads a run here: none alike, the longest
+    assert glue_study.expected_wall_s(replace(asp, precision=glue_study.FP32), threads=1) == 2700.0
+
+
 def test_finish_within_starts_only_the_runs_another_seed_says_will_end_in_time(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -404,6 +424,20 @@ def test_report_rewrites_only_its_section(tmp_path: Path) -> None:
     results.write_text(page.format(begin=study_report.BEGIN, table="old table", end=study_report.END))
     study_report.write_results(results, [study_report.BEGIN, "new table", study_report.END])
     assert results.read_text() == page.format(begin=study_report.BEGIN, table="new table", end=study_report.END)
+
+
+def test_the_machine_list_has_one_line_per_machine_whatever_the_commits(tmp_path: Path) -> None:
+    amd = {"packages": {"torch": "2.13.0+cpu"}, "python": "3.11.7", "machine": "x86_64, 2 CPUs, AMD EPYC",
+           "accelerator": "none (CPU)"}  # fmt: skip
+    records = [
+        {"environment": amd | {"git_commit": "a" * 40, "git_dirty": False}},
+        {"environment": amd | {"git_commit": "b" * 40, "git_dirty": True}},
+        {"environment": amd | {"cpu_native_bf16": True, "git_commit": "b" * 40, "git_dirty": False}},
+    ]
+    lines = study_report.environment_lines(records)
+    assert sorted(line.split(";")[0] for line in lines[:-1]) == ["- x86_64, 2 CPUs, AMD EPYC",
+                                                                 "- x86_64, 2 CPUs, AMD EPYC (native bf16)"]  # fmt: skip
+    assert lines[-1] == f"- commits: {'a' * 10}, {'b' * 10}, {'b' * 10} (+ local changes)"
 
 
 def test_records_load_in_finishing_order(tmp_path: Path) -> None:
