@@ -170,11 +170,14 @@ class RunSpec:
     # fp32 weights (bf16-mixed with native bf16, fp32 without), every record says which, and a run resumed or rebuilt
     # keeps the precision it started in.
     precision: str = FP32
+    # An exploration's name for its change of the method's config (``study_explore.py``): the run's name starts with
+    # it in place of the method's.
+    variant: str | None = None
 
     @property
     def name(self) -> str:
         budget = f"_{self.budget}" if self.budget else ""
-        return f"{self.method}{budget}_lr{self.learning_rate:g}_{self.task}_s{self.seed}"
+        return f"{self.variant or self.method}{budget}_lr{self.learning_rate:g}_{self.task}_s{self.seed}"
 
     @property
     def run_dir(self) -> Path:
@@ -395,6 +398,7 @@ def make_record(spec: RunSpec, command: list[str], wall_s: float, cpu_s: float, 
     return {
         "name": spec.name,
         "method": spec.method,
+        **({"variant": spec.variant} if spec.variant else {}),
         "budget": spec.budget,
         "task": spec.task,
         "seed": spec.seed,
@@ -837,15 +841,20 @@ def warn_if_emulated(spec: RunSpec) -> None:
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets),
-                  precision=resolve_precision(args.precision))  # fmt: skip
+    drive(Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets),
+                precision=resolve_precision(args.precision)), args)  # fmt: skip
+
+
+def drive(study: Study, args: argparse.Namespace) -> None:
+    """Run ``study`` (:func:`run_study`) as the ``run`` options of :func:`run_options` say, holding the work dir's
+    lock; stopped by SIGTERM, it stops its runs too."""
     print(f"[start] new runs train in precision {study.precision} (resumed and rebuilt runs keep their own)", flush=True)
     # Side by side, each run gets its share of the cores (two 1-thread runs: 1.19x the throughput of one 2-thread
     # run in bf16-mixed on the 2-core Xeon of docs/BENCHMARKS.md, 0.95x in fp32 on its AMD EPYC).
     threads = max(1, torch_threads() // args.workers) if args.workers > 1 else None
     signal.signal(signal.SIGTERM, _stop_on_sigterm)  # `kill <driver>` stops its runs too (resumable next time)
     try:
-        with study_lock(args.work_dir), ThreadPoolExecutor(args.workers) as pool:
+        with study_lock(study.work_dir), ThreadPoolExecutor(args.workers) as pool:
             try:
                 deadline = None if args.finish_within is None else time.monotonic() + 3600 * args.finish_within
                 run_study(study, pool, args.workers, args.keep_checkpoints, threads, deadline)
@@ -951,7 +960,11 @@ def run_study(
 
 
 def cmd_plan(args: argparse.Namespace) -> None:
-    study = Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets))
+    print_plan(Study(args.work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), tuple(args.budgets)))
+
+
+def print_plan(study: Study) -> None:
+    """A line per run of ``study``, in running order: finished (with its score), to run, or waiting (on what)."""
     for item in study.runs():
         if isinstance(item, Waiting):
             print(f"[wait] {item}")
@@ -977,31 +990,36 @@ def positive_hours(text: str) -> float:
     return hours
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / "results" / "study")
-    common.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
-    common.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
-    common.add_argument(
+def task_options(work_dir: Path | None) -> argparse.ArgumentParser:
+    """The options that say where the runs go and which to plan (a parent parser; ``work_dir``: the default)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--work-dir", type=Path, default=work_dir)
+    options.add_argument("--data-dir", default=os.environ.get("GLUE_DIR", "../shared/data/glue"))
+    options.add_argument("--tasks", nargs="+", choices=TASKS, default=list(TASKS))
+    options.add_argument(
         "--seeds",
         nargs="+",
         type=int,
         default=list(SEEDS),
         help=f"the seeds whose sparse runs to plan (default: all); the dense grid and the sweep stay at seed {FIRST_SEED}",
     )
-    common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
-    run = sub.add_parser("run", parents=[common], help="run what has no record yet: ready runs side by side")
-    run.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
-    run.add_argument("--workers", type=positive_int, default=1, help="runs side by side, the cores shared among them (default 1)")
-    run.add_argument(
+    return options
+
+
+def run_options() -> argparse.ArgumentParser:
+    """The options of :func:`drive` (a parent parser)."""
+    options = argparse.ArgumentParser(add_help=False)
+    options.add_argument("--keep-checkpoints", action="store_true", help="keep each run's .ckpt files (270 MB each)")
+    options.add_argument(
+        "--workers", type=positive_int, default=1, help="runs side by side, the cores shared among them (default 1)"
+    )
+    options.add_argument(
         "--precision",
         choices=PRECISIONS,
         default="auto",
         help="of the runs started now (default auto: bf16-mixed where bf16 is native, else 32-true)",
     )
-    run.add_argument(
+    options.add_argument(
         "--finish-within",
         type=positive_hours,
         metavar="HOURS",
@@ -1009,6 +1027,15 @@ def main(argv: list[str] | None = None) -> None:
         "median of those run alike on this machine, else the longest), so that nothing is in flight when a session "
         "on this machine ends",
     )
+    return options
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    common = task_options(REPO / "benchmarks" / "results" / "study")
+    common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))
+    run = sub.add_parser("run", parents=[common, run_options()], help="run what has no record yet: ready runs side by side")
     run.set_defaults(func=cmd_run)
     sub.add_parser("plan", parents=[common], help="list the runs: finished (with score), to run, waiting").set_defaults(
         func=cmd_plan

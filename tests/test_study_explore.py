@@ -1,0 +1,89 @@
+"""The exploration driver beside the study (benchmarks/study_explore.py): its plan, its records and its report."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import glue_study  # noqa: E402
+import study_explore  # noqa: E402
+from glue_study import RunSpec, Study  # noqa: E402
+from test_study import finish, finish_grid_and_sweep  # noqa: E402
+
+
+def explored(tmp_path: Path) -> study_explore.Exploration:
+    """An exploration of nxm_gentle on STS-B, seeds 42 and 43, beside a study whose grid and sweep have finished (dense
+    lr 1e-4 best; asp and nxm best at 1e-4)."""
+    study = Study(tmp_path / "study", "../shared/data/glue", tasks=("stsb",), records_dir=tmp_path / "study_records")
+    finish_grid_and_sweep(study)
+    return study_explore.Exploration(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(42, 43),
+                                     records_dir=tmp_path / "records", variant="nxm_gentle",
+                                     study_records=tmp_path / "study_records")  # fmt: skip
+
+
+def test_an_exploration_trains_the_studys_best_dense_run_then_each_seeds_pair_then_the_other_partners(
+    tmp_path: Path,
+) -> None:
+    exploration = explored(tmp_path)
+    plan = list(exploration.runs())
+    dense = plan[0]
+    assert isinstance(dense, RunSpec) and (dense.method, dense.learning_rate, dense.seed) == ("dense", 1e-4, 42)
+    assert dense.record_path.parent == tmp_path / "records" and dense.export_dir.parent == tmp_path / "work" / "exports"
+    assert all(isinstance(item, glue_study.Waiting) for item in plan[1:])  # its own dense run, not the study's export
+    finish(exploration, dense, 85.5)
+    runs = [item for item in exploration.runs() if isinstance(item, RunSpec) and item.budget == "paper"]
+    assert [run.name for run in runs] == [
+        "asp_paper_lr0.0001_stsb_s42", "nxm_gentle_paper_lr0.0001_stsb_s42",
+        "asp_paper_lr0.0001_stsb_s43", "nxm_gentle_paper_lr0.0001_stsb_s43",
+        "nxm_paper_lr0.0001_stsb_s42", "nxm_paper_lr0.0001_stsb_s43",
+    ]  # fmt: skip
+    assert all(run.model == str(dense.export_dir) and run.record_path.parent == tmp_path / "records" for run in runs)
+    gentle, nxm = runs[1], runs[4]
+    assert gentle.method == "nxm" and gentle.variant == "nxm_gentle"
+    admm = glue_study.ADMM_CALLBACK
+    assert gentle.callback_args[admm] == {**nxm.callback_args.get(admm, {}), "rho": 0.002, "rho_max": 0.05}
+    config = yaml.safe_load(gentle.edited_config()[0])
+    args = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"] == admm)
+    assert (args["rho"], args["rho_max"]) == (0.002, 0.05)
+    assert glue_study.run_fingerprint(gentle) != glue_study.run_fingerprint(nxm)
+
+
+def test_a_variants_record_names_its_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(glue_study, "run_metrics", lambda run_dir: {"best_score": 80.0})
+    spec = RunSpec("nxm", "stsb", 42, 10, 1e-4, tmp_path, "glue", "paper", variant="nxm_gentle")
+    record = glue_study.make_record(spec, ["python", "cli.py"], 1.0, 1.0, {})
+    assert (record["name"], record["method"], record["variant"]) == ("nxm_gentle_paper_lr0.0001_stsb_s42", "nxm", "nxm_gentle")
+    assert "variant" not in glue_study.make_record(RunSpec("nxm", "stsb", 42, 10, 1e-4, tmp_path, "glue", "paper"),
+                                                   ["python"], 1.0, 1.0, {})  # fmt: skip
+
+
+def test_the_report_pairs_the_variant_with_each_partner_seed_by_seed(tmp_path: Path) -> None:
+    exploration = explored(tmp_path)
+    records = [finish(exploration, next(exploration.runs()), 85.5)]
+    scores = {
+        "asp_paper_lr0.0001_stsb_s42": 80.0,
+        "nxm_gentle_paper_lr0.0001_stsb_s42": 82.0,
+        "asp_paper_lr0.0001_stsb_s43": 81.0,
+        "nxm_gentle_paper_lr0.0001_stsb_s43": 82.0,
+        "nxm_paper_lr0.0001_stsb_s42": 79.0,
+    }  # fmt: skip  (nxm s43 has not finished)
+    for run in exploration.runs():
+        if isinstance(run, RunSpec) and run.name in scores:
+            record = finish(exploration, run, scores[run.name])
+            record.update(variant=run.variant, dense_start_score=85.5)
+            cut = {"prune_step": 1340 if run.method == "nxm" else 0, "prune_score_before": 70.0}
+            record["metrics"].update(cut, prune_score_after=75.0 if run.variant else 60.0)
+            records.append(record)
+    lines = study_explore.report_lines("nxm_gentle", records)
+    row = next(line for line in lines if line.startswith("| STS-B"))
+    assert "s42: 80.00; 79.00, s43: 81.00; 80.00" in row  # asp: best; last epoch
+    assert row.endswith("| +1.5 ± 0.7 (n=2) | +3.0 (n=1) |")  # gentle - asp over both seeds, gentle - nxm over s42
+    cut = [line for line in lines if line.startswith("| STS-B")][1]
+    assert cut == (
+        "| STS-B (Pearson/Spearman) | 70.0 → 60.0 → 80.5 (cut at step 0) | 70.0 → 60.0 → 79.0 (cut at step 1340) "
+        "| 70.0 → 75.0 → 82.0 (cut at step 1340) |"
+    )
