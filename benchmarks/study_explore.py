@@ -158,9 +158,12 @@ def report_lines(variant: str, records: list[dict[str, Any]]) -> list[str]:
         row = [TASKS[task]]
         for method in methods:
             found = [r["metrics"] for r in scores[(method, task)].values() if r["metrics"].get("prune_score_after")]
-            means = [statistics.mean(m[key] for m in found) for key in ("prune_score_before", "prune_score_after", "best_score")]
-            steps = statistics.mean(m["prune_step"] for m in found) if found else 0
-            row.append(" → ".join(f"{value:.1f}" for value in means) + f" (cut at step {steps:.0f})" if found else "-")
+            if not found:
+                row.append("-")
+                continue
+            keys = ("prune_score_before", "prune_score_after", "best_score")
+            means = " → ".join(f"{statistics.mean(m[key] for m in found):.1f}" for key in keys)
+            row.append(f"{means} (cut at step {statistics.mean(m['prune_step'] for m in found):.0f})")
         lines.append("| " + " | ".join(row) + " |")
     return lines
 

@@ -78,6 +78,8 @@ def test_the_report_pairs_the_variant_with_each_partner_seed_by_seed(tmp_path: P
             cut = {"prune_step": 1340 if run.method == "nxm" else 0, "prune_score_before": 70.0}
             record["metrics"].update(cut, prune_score_after=75.0 if run.variant else 60.0)
             records.append(record)
+    early = study_explore.report_lines("nxm_gentle", records[:2])  # the dense run and asp s42 only
+    assert [line for line in early if line.startswith("| STS-B")][1].endswith("(cut at step 0) | - | - |")
     lines = study_explore.report_lines("nxm_gentle", records)
     row = next(line for line in lines if line.startswith("| STS-B"))
     assert "s42: 80.00; 79.00, s43: 81.00; 80.00" in row  # asp: best; last epoch
