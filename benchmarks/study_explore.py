@@ -39,7 +39,7 @@ from glue_study import (
     run_options,
     task_options,
 )
-from study_report import TASKS, load_records, signed, table_head
+from study_report import TASKS, fmt_difference, load_records, table_head
 
 EXPLORATIONS = REPO / "benchmarks" / "records" / "study_exploration"
 BUDGET = "paper"
@@ -148,9 +148,8 @@ def report_lines(variant: str, records: list[dict[str, Any]]) -> list[str]:
                                  for s, r in sorted(runs.items())) or "-")  # fmt: skip
         for partner in partners:
             ours, theirs = scores[(variant, task)], scores[(partner, task)]
-            diffs = [ours[s]["metrics"]["best_score"] - theirs[s]["metrics"]["best_score"] for s in ours if s in theirs]
-            spread = f" ± {statistics.stdev(diffs):.1f}" if len(diffs) > 1 else ""
-            row.append(f"{signed(statistics.mean(diffs))}{spread} (n={len(diffs)})" if diffs else "-")
+            row.append(fmt_difference([ours[s]["metrics"]["best_score"] - theirs[s]["metrics"]["best_score"]
+                                       for s in sorted(ours) if s in theirs]))  # fmt: skip
         lines.append("| " + " | ".join(row) + " |")
     lines += ["", "Where the points go (dev score before the cut → after it → best, and the cut's step; means over seeds):", ""]
     lines += table_head("task", *methods)

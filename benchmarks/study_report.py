@@ -157,6 +157,15 @@ def signed(difference: float) -> str:
     return f"{round(difference, 1) + 0.0:+.1f}"
 
 
+def fmt_difference(diffs: list[float]) -> str:
+    """Per-seed paired differences as their signed mean, spread and count; ``-`` for none."""
+    if not diffs:
+        return "-"
+    if len(diffs) == 1:
+        return f"{signed(diffs[0])} (n=1)"
+    return f"{signed(statistics.mean(diffs))} ± {statistics.stdev(diffs):.1f} (n={len(diffs)})"
+
+
 def paired_lines(cells: Cells, budget: str) -> list[str]:
     """Per task, the per-seed differences of each pair (same seed, same dense start), their mean and spread."""
     lines = table_head("difference", *TASKS.values())
@@ -166,11 +175,7 @@ def paired_lines(cells: Cells, budget: str) -> list[str]:
         row = []
         for task in TASKS:
             a, b = cells.get((first, task), {}), cells.get((second, task), {})
-            diffs = [a[s] - b[s] for s in sorted(a) if s in b]
-            row.append(
-                "-" if not diffs else (f"{signed(diffs[0])} (n=1)" if len(diffs) == 1
-                                       else f"{signed(statistics.mean(diffs))} ± {statistics.stdev(diffs):.1f} (n={len(diffs)})")
-            )  # fmt: skip
+            row.append(fmt_difference([a[s] - b[s] for s in sorted(a) if s in b]))
         lines.append(f"| {first} - {second} | " + " | ".join(row) + " |")
     return lines
 
