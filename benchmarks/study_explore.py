@@ -109,11 +109,9 @@ class Exploration(Study):
 
 
 def exploration(args: argparse.Namespace, **kwargs: Any) -> Exploration:
-    records = EXPLORATIONS / args.variant
-    records.mkdir(parents=True, exist_ok=True)
     work_dir = (args.work_dir or REPO / "benchmarks" / "results" / "explore" / args.variant).resolve()
-    return Exploration(work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), records_dir=records,
-                       variant=args.variant, **kwargs)  # fmt: skip
+    return Exploration(work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds),
+                       records_dir=EXPLORATIONS / args.variant, variant=args.variant, **kwargs)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -156,7 +154,7 @@ def report_lines(variant: str, records: list[dict[str, Any]]) -> list[str]:
     for task in (t for t in TASKS if t in dense):
         row = [TASKS[task]]
         for method in methods:
-            found = [r["metrics"] for r in scores[(method, task)].values() if r["metrics"].get("prune_score_after")]
+            found = [r["metrics"] for r in scores[(method, task)].values() if r["metrics"].get("prune_score_after") is not None]
             if not found:
                 row.append("-")
                 continue

@@ -70,7 +70,7 @@ def test_the_report_pairs_the_variant_with_each_partner_seed_by_seed(tmp_path: P
         "asp_paper_lr0.0001_stsb_s43": 81.0,
         "nxm_gentle_paper_lr0.0001_stsb_s43": 82.0,
         "nxm_paper_lr0.0001_stsb_s42": 79.0,
-    }  # fmt: skip  (nxm s43 has not finished)
+    }  # nxm s43 has not finished
     for run in exploration.runs():
         if isinstance(run, RunSpec) and run.name in scores:
             record = finish(exploration, run, scores[run.name])
@@ -80,6 +80,8 @@ def test_the_report_pairs_the_variant_with_each_partner_seed_by_seed(tmp_path: P
             records.append(record)
     early = study_explore.report_lines("nxm_gentle", records[:2])  # the dense run and asp s42 only
     assert [line for line in early if line.startswith("| STS-B")][1].endswith("(cut at step 0) | - | - |")
+    collapsed = {**records[1], "metrics": {**records[1]["metrics"], "prune_score_after": 0.0}}  # an MCC of 0 is a score
+    assert "| 70.0 → 0.0 → 80.0 (cut at step 0) |" in study_explore.report_lines("nxm_gentle", [records[0], collapsed])[-1]
     lines = study_explore.report_lines("nxm_gentle", records)
     row = next(line for line in lines if line.startswith("| STS-B"))
     assert "s42: 80.00; 79.00, s43: 81.00; 80.00" in row  # asp: best; last epoch
