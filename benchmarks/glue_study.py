@@ -173,6 +173,8 @@ class RunSpec:
     # An exploration's name for its change of the method's config (``study_explore.py``): the run's name starts with
     # it in place of the method's.
     variant: str | None = None
+    # init_args of the model over the method's config (an exploration's variant: e.g. the distillation recipe).
+    model_args: dict[str, Any] = field(default_factory=dict)
 
     @property
     def name(self) -> str:
@@ -200,10 +202,11 @@ class RunSpec:
         return self.work_dir / "configs" / f"{self.name}.yaml"
 
     def edited_config(self) -> tuple[str, dict[str, dict[str, Any]]]:
-        """The method's YAML with the callback edits (list items cannot be overridden from the command line), and the
-        edits made, keyed by callback class path."""
+        """The method's YAML with the model and callback edits (list items cannot be overridden from the command line),
+        and the callback edits made, keyed by callback class path."""
         config = method_config(self.method)
         # The values the command line overrides too, so that the fingerprint does not change with the config's default.
+        config["model"]["init_args"].update(self.model_args)
         config["model"]["init_args"]["learning_rate"] = self.learning_rate
         config["trainer"]["max_epochs"] = self.epochs
         callbacks = config["trainer"].setdefault("callbacks", [])

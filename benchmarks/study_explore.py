@@ -1,17 +1,20 @@
-"""Explorations beside the study (issue 12): a variant of one of its methods, trained against the methods it must
+"""Explorations beside the study (issues 12 and 27): variants of its methods, trained against the methods they must
 beat, every run of a task from one dense build, so that each paired difference compares like with like.
 
 The study's own records cannot be the partners: they come from three kinds of CPU, and a dense export rebuilt on
 another kind is another model (CoLA 31.75 on an AMD EPYC against 32.82 on a Xeon, both in bf16-mixed; a CPU without
 native bf16 trains in fp32, another model again). An exploration therefore trains, into its own records dir
 ``benchmarks/records/study_exploration/<variant>/``, the study's best dense run of each task (its config, learning
-rate and seed), then seed by seed the methods the variant is measured against and the variant, all at the ``paper``
-budget and the study's learning rates. Records, resuming, the rebuild of a missing dense export and
+rate and seed), then seed by seed the methods the variant is measured against and the variant, all at one budget
+(``--budget``: ``paper``, the default, or ``short``) and the study's learning rates. Variants of one family (the
+feature-distillation recipes ``asp_<x>`` / ``nxm_<x>`` of :data:`FEATURE_KD_RECIPES`) share a records dir, so one dense
+build and one run of each partner serve them all. Records, resuming, the rebuild of a missing dense export and
 ``--finish-within`` work as in ``glue_study.py``, whose machinery this drives.
 
 Run from the repository root, in the background::
 
     nohup python benchmarks/study_explore.py run nxm_gentle --tasks cola --seeds 42 43 --workers 2 > explore.log 2>&1 &
+    nohup python benchmarks/study_explore.py run asp_last asp_sqh1 --budget short --tasks stsb rte > fkd.log 2>&1 &
     python benchmarks/study_explore.py report nxm_gentle     # the paired table, as Markdown
 """
 
@@ -42,17 +45,56 @@ from glue_study import (
 from study_report import TASKS, fmt_difference, load_records, table_head
 
 EXPLORATIONS = REPO / "benchmarks" / "records" / "study_exploration"
-BUDGET = "paper"
+BUDGETS = ("paper", "short")
 
 
 @dataclass(frozen=True)
 class Variant:
-    """A named change of a study method's config, and the study methods it is paired with."""
+    """A named change of a study method's config, the runs it is paired with (study methods or other variants of its
+    family), and the family whose records dir it shares (its own name when None)."""
 
     method: str
     edits: dict[str, dict[str, Any]]  # init_args by callback class path, over the method's config
     against: tuple[str, ...]
     what: str
+    model_edits: dict[str, Any] = field(default_factory=dict)  # the model's init_args over the method's config
+    family: str | None = None
+
+
+# Feature distillation (issue 27): DistillationModule's loss terms, by recipe name. Each is run as asp_<name> (from
+# glue_asp_kd.yaml) and nxm_<name> (from glue_kd.yaml): the same distillation for both, a fair pair.
+FEATURE_KD_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
+    "last": (
+        "Intel Neural Compressor's recipe: the last hidden state's MSE alone (weight 2; no task or logit loss, so the "
+        "classifier stays the teacher's)",
+        {"alpha": 0.0, "logit_weight": 0.0, "hidden_weight": 2.0, "hidden_layers": "last", "hidden_loss": "mse"},
+    ),
+    "fdall": (
+        "every layer's hidden-state MSE normalised by the teacher's feature energy (SquareHead's term) alone, weight 1",
+        {"alpha": 0.0, "logit_weight": 0.0, "hidden_weight": 1.0, "hidden_layers": "all", "hidden_loss": "normalized"},
+    ),
+    **{
+        f"sqh{weight:g}": (
+            f"SquareHead: the task loss + {weight:g} x every layer's normalised hidden-state MSE (no logit term)",
+            {"alpha": 1.0, "logit_weight": 0.0, "hidden_weight": weight, "hidden_layers": "all", "hidden_loss": "normalized"},
+        )  # fmt: skip
+        for weight in (1.0, 2.0, 5.0)
+    },
+    "sqhkd1": (
+        "the study's logit distillation (0.5 task + 0.5 logit) + 1 x every layer's normalised hidden-state MSE",
+        {"alpha": 0.5, "hidden_weight": 1.0, "hidden_layers": "all", "hidden_loss": "normalized"},
+    ),
+}
+
+
+def feature_kd_variants() -> dict[str, Variant]:
+    """``asp_<recipe>`` against asp and asp_kd; ``nxm_<recipe>`` against nxm_kd and asp_<recipe> (the goal's pair)."""
+    variants = {}
+    for name, (what, loss) in FEATURE_KD_RECIPES.items():
+        model_edits = {**loss, "cache_teacher_logits": False}  # the hidden states are needed at every step
+        variants[f"asp_{name}"] = Variant("asp_kd", {}, ("asp", "asp_kd"), f"asp with {what}", model_edits, "feature_kd")
+        variants[f"nxm_{name}"] = Variant("nxm_kd", {}, (f"asp_{name}", "nxm_kd"), f"nxm with {what}", model_edits, "feature_kd")
+    return variants
 
 
 VARIANTS = {
@@ -63,18 +105,29 @@ VARIANTS = {
         "nxm with a weaker ADMM pull, rho 0.002 growing to 0.05 (glue_nxm.yaml: 0.01 to 0.5), so that the ADMM phase "
         "uses its five epochs instead of converging in under two",
     ),
+    **feature_kd_variants(),
 }
+
+
+def family(variant: str) -> str:
+    """The records dir name of ``variant`` (under :data:`EXPLORATIONS`)."""
+    return VARIANTS[variant].family or variant
 
 
 @dataclass
 class Exploration(Study):
-    """The plan of one variant: per task the study's best dense run, then per seed the variant and its partners."""
+    """The plan of variants of one family: per task the study's best dense run, then per seed each variant and its
+    partners, at one budget."""
 
-    variant: str = ""
+    variants: tuple[str, ...] = ()
+    budget: str = "paper"
     study_records: Path = RECORDS  # the study's, whose choices (dense run, learning rates) the exploration takes
     study: Study = field(init=False)
 
     def __post_init__(self) -> None:
+        families = {family(variant) for variant in self.variants}
+        if len(families) > 1:
+            raise SystemExit(f"Variants of one family at a time (they share a records dir); these are of {sorted(families)}.")
         self.study = Study(self.work_dir, self.data_dir, records_dir=self.study_records)
 
     def dense_grid(self, task: str) -> list[RunSpec]:
@@ -84,34 +137,44 @@ class Exploration(Study):
         return self.study.learning_rate(method, budget)
 
     def method_spec(self, method: str, task: str, seed: int) -> RunSpec:
-        return self.spec(method, task, seed, self.learning_rate(method, BUDGET), BUDGET)
+        """The run of ``method`` (a study method or a variant) on ``task`` at ``seed``."""
+        if method in VARIANTS:
+            return self.variant_spec(method, task, seed)
+        return self.spec(method, task, seed, self.learning_rate(method, self.budget), self.budget)
 
-    def variant_spec(self, task: str, seed: int) -> RunSpec:
-        variant = VARIANTS[self.variant]
+    def variant_spec(self, name: str, task: str, seed: int) -> RunSpec:
+        variant = VARIANTS[name]
         spec = self.method_spec(variant.method, task, seed)
         for callback, args in variant.edits.items():
             spec.callback_args[callback] = {**spec.callback_args.get(callback, {}), **args}
-        spec.variant = self.variant
+        spec.model_args = dict(variant.model_edits)
+        spec.variant = name
         return spec
 
     def _all_runs(self) -> Iterator[RunSpec | Waiting]:
-        # First, seed by seed, the variant right after its first partner (the pair it is explored for), then the
-        # other partners, so that a session that ends early leaves the most seeds of that pair.
-        first, *others = VARIANTS[self.variant].against
+        # First, seed by seed, each variant right after its first partner (the pair it is explored for), then the
+        # other partners, so that a session that ends early leaves the most seeds of those pairs.
         for task in self.tasks:
             yield from self.dense_grid(task)
         for seed in self.seeds:
             for task in self.tasks:
-                yield from self._planned(lambda t=task, s=seed: [self.method_spec(first, t, s), self.variant_spec(t, s)])
+                for name in self.variants:
+                    first = VARIANTS[name].against[0]
+                    yield from self._planned(
+                        lambda t=task, s=seed, f=first, v=name: [self.method_spec(f, t, s), self.method_spec(v, t, s)]
+                    )
         for seed in self.seeds:
             for task in self.tasks:
-                yield from self._planned(lambda t=task, s=seed: [self.method_spec(m, t, s) for m in others])
+                for name in self.variants:
+                    others = VARIANTS[name].against[1:]
+                    yield from self._planned(lambda t=task, s=seed, o=others: [self.method_spec(m, t, s) for m in o])
 
 
 def exploration(args: argparse.Namespace, **kwargs: Any) -> Exploration:
-    work_dir = (args.work_dir or REPO / "benchmarks" / "results" / "explore" / args.variant).resolve()
-    return Exploration(work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds),
-                       records_dir=EXPLORATIONS / args.variant, variant=args.variant, **kwargs)  # fmt: skip
+    name = family(args.variants[0])
+    work_dir = (args.work_dir or REPO / "benchmarks" / "results" / "explore" / name).resolve()
+    return Exploration(work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), records_dir=EXPLORATIONS / name,
+                       variants=tuple(args.variants), budget=args.budget, **kwargs)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -122,19 +185,21 @@ def cmd_plan(args: argparse.Namespace) -> None:
     print_plan(exploration(args))
 
 
-def report_lines(variant: str, records: list[dict[str, Any]]) -> list[str]:
-    """Per task, each seed's best dev score by method, the variant's paired differences (mean ± spread), and where
-    each method's points go (before the cut → after it → best, means over seeds)."""
+def report_lines(variant: str, records: list[dict[str, Any]], budget: str = "paper") -> list[str]:
+    """Per task, each seed's best dev score by method at ``budget``, the variant's paired differences (mean ±
+    spread), and where each method's points go (before the cut → after it → best, means over seeds)."""
     partners = VARIANTS[variant].against
     methods = (*partners, variant)
     scores: dict[tuple[str, str], dict[int, dict[str, Any]]] = defaultdict(dict)
     dense: dict[str, float] = {}
     for record in records:
+        if record["budget"] not in (None, budget):
+            continue
         if record["budget"] is None:
             dense[record["task"]] = record["metrics"]["best_score"]
         else:
             scores[(record.get("variant") or record["method"], record["task"])][record["seed"]] = record
-    lines = [f"Variant `{variant}`: {VARIANTS[variant].what}.", ""]
+    lines = [f"Variant `{variant}` ({budget} budget): {VARIANTS[variant].what}.", ""]
     lines += table_head("task", "dense start", *(f"{m} (best; last)" for m in methods), *(f"{variant} - {p}" for p in partners))
     for task in (t for t in TASKS if t in dense):
         # A rebuild on another machine starts later runs from another model: each start the runs had.
@@ -166,14 +231,17 @@ def report_lines(variant: str, records: list[dict[str, Any]]) -> list[str]:
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    print("\n".join(report_lines(args.variant, load_records(EXPLORATIONS / args.variant))))
+    records = load_records(EXPLORATIONS / family(args.variants[0]))
+    print("\n\n".join("\n".join(report_lines(variant, records, args.budget)) for variant in args.variants))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     variant = argparse.ArgumentParser(add_help=False)
-    variant.add_argument("variant", choices=list(VARIANTS))
+    variant.add_argument("variants", nargs="+", choices=list(VARIANTS), metavar="variant",
+                         help=f"one or more of one family: {', '.join(VARIANTS)}")  # fmt: skip
+    variant.add_argument("--budget", choices=BUDGETS, default="paper")
     common = task_options(work_dir=None)
     run = sub.add_parser("run", parents=[variant, common, run_options()], help="run what has no record yet")
     run.set_defaults(func=cmd_run)

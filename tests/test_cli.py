@@ -157,3 +157,26 @@ def test_a_fit_stopped_by_sigterm_exits_non_zero(monkeypatch: pytest.MonkeyPatch
     with pytest.raises(SystemExit) as exit_:
         cli.run()
     assert exit_.value.code == 143
+
+
+def test_feature_distillation_from_the_command_line(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
+    """The main job's config with the feature-distillation switches given as command-line strings: the hidden-state
+    term is the only loss after the snapshot, logged, and the run trains through ADMM and the cut to a 2:4 export."""
+    export = tmp_path / "export"
+    config = yaml.safe_load((cli.CONFIG_DIR / "glue.yaml").read_text())
+    sparsify, prune = config["trainer"]["callbacks"]
+    sparsify["init_args"].update(update_every=1, start_epoch=1, end_epoch=2, end_when_converged=False)
+    config["model"]["init_args"].update(teacher_snapshot_epoch=1, cache_teacher_logits=False)
+    prune["init_args"]["export_dir"] = str(export)
+    (tmp_path / "glue.yaml").write_text(yaml.safe_dump(config))
+    fitted = run_cli(
+        "fit", "--config", str(tmp_path / "glue.yaml"), *common_args(tmp_path, glue_dir, str(tiny_bert)),
+        "--trainer.max_epochs=3", "--model.init_args.alpha=0", "--model.init_args.logit_weight=0",
+        "--model.init_args.hidden_weight=2", "--model.init_args.hidden_loss=normalized",
+        "--model.init_args.hidden_layers=last",
+    )  # fmt: skip
+    module, metrics = fitted.model, fitted.trainer.callback_metrics
+    assert module.layer_map == {2: 2} and module.hparams.hidden_loss == "normalized"
+    assert float(metrics["train/hidden_loss"]) > 0
+    assert float(metrics["train/loss"]) == pytest.approx(2 * float(metrics["train/hidden_loss"]), rel=1e-4)
+    assert verify(export) == []

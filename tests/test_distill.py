@@ -21,7 +21,7 @@ from callbacks import HardPruneCallback, NxMSparsifyCallback
 from nxm_lightning import DistillationModule, SequenceClassificationModule
 from nxm_lightning.sparsity.nxm import is_nxm
 from nxm_lightning.sparsity.verify import verify
-from nxm_lightning.tasks.distill import example_keys, kd_loss, weights_fingerprint
+from nxm_lightning.tasks.distill import example_keys, hidden_state_loss, kd_loss, weights_fingerprint
 from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
 
@@ -57,6 +57,17 @@ def save_bert(path: Path, vocab_size: int = 30522, hidden: int = 32, layers: int
         ({"layer_map": {1: 1}}, "hidden_weight is 0"),
         ({"student_init": "random"}, "student_init='random' is not valid"),
         ({"cache_teacher_logits": True, "hidden_weight": 1.0}, "turn one of them off"),
+        ({"logit_weight": -1.0}, "logit_weight=-1.0 must be >= 0"),
+        (
+            {"hidden_weight": 1.0, "hidden_loss": "cosine"},
+            r"hidden_loss='cosine' is not valid; choose one of \['mse', 'normalized'\]",
+        ),
+        (
+            {"hidden_weight": 1.0, "hidden_layers": "first"},
+            r"hidden_layers='first' is not valid; choose one of \['all', 'last'\]",
+        ),
+        ({"hidden_weight": 1.0, "hidden_layers": "last", "layer_map": {2: 2}}, "keep one"),
+        ({"alpha": 0.0, "logit_weight": 0.0}, "all 0: nothing would be trained"),
     ],
 )
 def test_bad_arguments(tiny_bert: Path, kwargs: dict, message: str) -> None:
@@ -143,6 +154,66 @@ def test_training_step_is_alpha_task_plus_kd(tiny_bert_2labels: Path) -> None:
     kl = (p * (p.log() - log_q)).sum() / len(p)
     assert float(kl) > 0.01
     assert float(loss) == pytest.approx(float(0.3 * task + 0.7 * 4 * kl), rel=1e-5)
+
+
+def test_hidden_state_loss_equals_hand_computed_values() -> None:
+    # Two layers, one example of three tokens, the last padding; hidden size 2.
+    teacher = (torch.tensor([[[1.0, 1.0], [2.0, 0.0], [9.0, 9.0]]]), torch.tensor([[[3.0, 4.0], [0.0, 0.0], [9.0, 9.0]]]))
+    student = (torch.tensor([[[1.0, 2.0], [2.0, 1.0], [0.0, 0.0]]]), torch.tensor([[[3.0, 2.0], [0.0, 0.0], [0.0, 0.0]]]))
+    mask = torch.tensor([[1, 1, 0]])
+    # Squared errors over real tokens: layer 0: 1 + 1 = 2, layer 1: 4; energies: layer 0: 1 + 1 + 4 = 6, layer 1: 25.
+    both = {0: 0, 1: 1}
+    assert float(hidden_state_loss(student, teacher, both, mask)) == pytest.approx((2 / 4 + 4 / 4) / 2)
+    assert float(hidden_state_loss(student, teacher, both, mask, normalized=True)) == pytest.approx((2 / 6 + 4 / 25) / 2)
+    assert float(hidden_state_loss(student, teacher, {1: 1}, mask, normalized=True)) == pytest.approx(4 / 25)
+    # A map across layers compares student layer 0 with teacher layer 1: (2^2 + 2^2 + 2^2 + 1^2) / 25.
+    assert float(hidden_state_loss(student, teacher, {0: 1}, mask, normalized=True)) == pytest.approx(13 / 25)
+
+
+@pytest.mark.parametrize(("hidden_layers", "expected_map"), [("all", {0: 0, 1: 1, 2: 2}), ("last", {2: 2})])
+def test_feature_only_training_step_equals_hand_computed_loss(
+    tiny_bert_2labels: Path, hidden_layers: str, expected_map: dict[int, int]
+) -> None:
+    """alpha 0 and logit_weight 0 leave only hidden_weight times the normalized hidden-state loss."""
+    torch.manual_seed(0)
+    module = DistillationModule(
+        str(tiny_bert_2labels), task_name="rte", teacher=str(tiny_bert_2labels), alpha=0.0, logit_weight=0.0,
+        hidden_weight=2.0, hidden_loss="normalized", hidden_layers=hidden_layers,
+    )  # fmt: skip
+    assert module.layer_map == expected_map
+    with torch.no_grad():  # a student that differs from its teacher in every layer
+        for parameter in module.model.bert.parameters():
+            parameter.add_(0.05 * torch.randn_like(parameter))
+    module.eval()
+    batch = next(iter(text_loader(tiny_bert_2labels, regression=False)))
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = module.training_step(batch, 0)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        student = module.model(**inputs, output_hidden_states=True).hidden_states
+        teacher = module.teacher(**inputs, output_hidden_states=True).hidden_states
+    real = inputs["attention_mask"].unsqueeze(-1).float()
+    ratios = [((student[i] - teacher[i]) ** 2 * real).sum() / (teacher[i] ** 2 * real).sum() for i in expected_map]
+    assert float(min(ratios)) > 1e-4
+    assert float(loss) == pytest.approx(2.0 * float(sum(ratios)) / len(ratios), rel=1e-5)
+
+
+def test_logit_weight_replaces_one_minus_alpha(tiny_bert_2labels: Path) -> None:
+    torch.manual_seed(0)
+    module = DistillationModule(
+        str(tiny_bert_2labels), task_name="rte", teacher=str(tiny_bert_2labels), alpha=1.0, logit_weight=3.0
+    )
+    with torch.no_grad():
+        module.model.classifier.bias.copy_(torch.tensor([1.0, -1.0]))
+    module.eval()
+    batch = next(iter(text_loader(tiny_bert_2labels, regression=False)))
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = module.training_step(batch, 0)
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    with torch.no_grad():
+        student, teacher = module.model(**inputs).logits, module.teacher(**inputs).logits
+    expected = F.cross_entropy(student, batch["labels"]) + 3.0 * kd_loss(student, teacher, 2.0, regression=False)
+    assert float(loss) == pytest.approx(float(expected), rel=1e-5)
 
 
 # ---- the teacher stays frozen -----------------------------------------------------------------------------------

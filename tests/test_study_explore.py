@@ -21,7 +21,7 @@ def explored(tmp_path: Path) -> study_explore.Exploration:
     study = Study(tmp_path / "study", "../shared/data/glue", tasks=("stsb",), records_dir=tmp_path / "study_records")
     finish_grid_and_sweep(study)
     return study_explore.Exploration(tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(42, 43),
-                                     records_dir=tmp_path / "records", variant="nxm_gentle",
+                                     records_dir=tmp_path / "records", variants=("nxm_gentle",),
                                      study_records=tmp_path / "study_records")  # fmt: skip
 
 
@@ -91,3 +91,30 @@ def test_the_report_pairs_the_variant_with_each_partner_seed_by_seed(tmp_path: P
         "| STS-B (Pearson/Spearman) | 70.0 → 60.0 → 80.5 (cut at step 0) | 70.0 → 60.0 → 79.0 (cut at step 1340) "
         "| 70.0 → 75.0 → 82.0 (cut at step 1340) |"
     )
+
+
+def test_feature_kd_variants_share_a_family_and_carry_their_loss_into_the_config(tmp_path: Path) -> None:
+    study = Study(tmp_path / "study", "../shared/data/glue", tasks=("stsb",), records_dir=tmp_path / "study_records")
+    finish_grid_and_sweep(study)
+    exploration = study_explore.Exploration(
+        tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(42,), records_dir=tmp_path / "records",
+        variants=("asp_last", "nxm_last"), budget="short", study_records=tmp_path / "study_records",
+    )  # fmt: skip
+    finish(exploration, next(exploration.runs()), 85.5)
+    runs = [item for item in exploration.runs() if isinstance(item, RunSpec) and item.budget == "short"]
+    # Each variant after its first partner; asp_last is nxm_last's first partner, so it runs once. asp's short budget
+    # has a fixed learning rate (2e-4); the others take their sweep's (1e-4 here).
+    assert [run.name for run in runs] == [
+        "asp_short_lr0.0002_stsb_s42", "asp_last_short_lr0.0001_stsb_s42", "nxm_last_short_lr0.0001_stsb_s42",
+        "asp_kd_short_lr0.0001_stsb_s42", "nxm_kd_short_lr0.0001_stsb_s42",
+    ]  # fmt: skip
+    asp_last, nxm_last = runs[1], runs[2]
+    assert (asp_last.method, nxm_last.method) == ("asp_kd", "nxm_kd") and asp_last.teacher and not asp_last.model
+    for run in (asp_last, nxm_last):
+        model = yaml.safe_load(run.edited_config()[0])["model"]["init_args"]
+        assert (model["alpha"], model["logit_weight"], model["hidden_weight"]) == (0.0, 0.0, 2.0)
+        assert (model["hidden_layers"], model["cache_teacher_logits"]) == ("last", False)
+    assert glue_study.run_fingerprint(asp_last) != glue_study.run_fingerprint(runs[3])
+    assert study_explore.family("asp_sqh5") == study_explore.family("nxm_fdall") == "feature_kd"
+    with pytest.raises(SystemExit, match="one family at a time"):
+        study_explore.Exploration(tmp_path / "w", "glue", variants=("asp_last", "nxm_gentle"))

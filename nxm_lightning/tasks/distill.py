@@ -24,6 +24,10 @@ from nxm_lightning.tasks.module import SequenceClassificationModule
 
 StudentInit = Literal["teacher", "pretrained"]
 STUDENT_INITS = ("teacher", "pretrained")
+HiddenLoss = Literal["mse", "normalized"]
+HIDDEN_LOSSES = ("mse", "normalized")
+HiddenLayers = Literal["all", "last"]
+HIDDEN_LAYERS = ("all", "last")
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, regression: bool) -> torch.Tensor:
@@ -48,6 +52,7 @@ def hidden_state_loss(
     teacher_hidden: tuple[torch.Tensor, ...],
     layer_map: dict[int, int],
     attention_mask: torch.Tensor,
+    normalized: bool = False,
 ) -> torch.Tensor:
     """Mean over the mapped layers of the MSE between hidden states, over real (non-padding) tokens only.
 
@@ -55,10 +60,19 @@ def hidden_state_loss(
         student_hidden / teacher_hidden: ``output_hidden_states`` of each model (index 0: the embeddings).
         layer_map: ``{student index: teacher index}`` into those tuples.
         attention_mask: ``(batch, seq)``, 1 for real tokens.
+        normalized: divide each layer's MSE by the teacher's mean squared feature of that layer (SquareHead, Kurtic
+            et al. 2023), so that every layer weighs alike whatever its scale (a BERT's deep layers have features
+            several times larger than its embeddings') and the loss reads as a relative error: 0.1 = 10% of the
+            teacher's energy.
     """
     mask = attention_mask.unsqueeze(-1).float()
     count = mask.sum() * student_hidden[0].shape[-1]
-    losses = [((student_hidden[s].float() - teacher_hidden[t].float()) ** 2 * mask).sum() / count for s, t in layer_map.items()]
+    losses = []
+    for s, t in layer_map.items():
+        teacher = teacher_hidden[t].float()
+        error = ((student_hidden[s].float() - teacher) ** 2 * mask).sum()
+        # The count cancels in the normalized ratio; the clamp only guards an all-zero feature (never a real layer).
+        losses.append(error / (teacher**2 * mask).sum().clamp_min(1e-12) if normalized else error / count)
     return torch.stack(losses).mean()
 
 
@@ -140,12 +154,23 @@ def load_teacher(path: str, trust_remote_code: bool = False) -> nn.Module:
 class DistillationModule(SequenceClassificationModule):
     r"""Fine-tune a student while a frozen teacher guides it (knowledge distillation), scored with GLUE metrics.
 
-    Training loss: ``alpha * task loss + (1 - alpha) * kd``, where kd = T^2 KL(softmax(teacher / T) ||
-    softmax(student / T)) for classification and the MSE between the two scores for regression (STS-B), plus
-    ``hidden_weight`` times the MSE between mapped hidden states. Validation, test, predict and export use the
-    student (``self.model``) only; the teacher (``self.teacher``) stays in eval mode, gets no gradients, is never in
-    the optimizer nor a sparsification target, and is not stored in checkpoints: loading one reloads it from
-    ``teacher`` (a warning says when its weights differ from those the checkpoint was trained with).
+    Training loss: ``alpha * task loss + logit_weight * kd + hidden_weight * hidden``, where kd = T^2
+    KL(softmax(teacher / T) || softmax(student / T)) for classification and the MSE between the two scores for
+    regression (STS-B), ``logit_weight`` is ``1 - alpha`` unless set, and hidden is the MSE between mapped hidden
+    states (feature distillation; ``hidden_loss: normalized`` divides each layer's by the teacher's feature energy).
+    Two recipes of the literature in YAML (``alpha: 0`` and ``logit_weight: 0`` leave only the feature term):
+
+    - SquareHead (Kurtic et al. 2023): ``hidden_weight: 1``, ``hidden_loss: normalized``, ``hidden_layers: all``
+      beside the task loss (``alpha: 1``) and optionally the logit term;
+    - Intel Neural Compressor's 2:4 recipe for small BERTs: ``alpha: 0``, ``logit_weight: 0``, ``hidden_weight: 2``,
+      ``hidden_layers: last``: the last hidden state alone, so the classifier (the teacher's, with
+      ``student_init: teacher``) gets zero gradients and stays the teacher's (but for weight decay). Terms of weight
+      0 stay in the graph, so that every parameter takes part in the backward pass (DDP needs that).
+
+    Validation, test, predict and export use the student (``self.model``) only; the teacher (``self.teacher``) stays
+    in eval mode, gets no gradients, is never in the optimizer nor a sparsification target, and is not stored in
+    checkpoints: loading one reloads it from ``teacher`` (a warning says when its weights differ from those the
+    checkpoint was trained with).
 
     Args:
         model_name_or_path: the student's pretrained weights with ``student_init="pretrained"``; always the model
@@ -156,11 +181,18 @@ class DistillationModule(SequenceClassificationModule):
         teacher_snapshot_epoch: instead of ``teacher``: at the start of this epoch the teacher becomes a frozen copy
             of the student as it is then (e.g. the end of a dense phase: NxMSparsifyCallback's ``start_epoch``);
             before it the loss is the task loss alone. Needs ``student_init="pretrained"``.
-        alpha: weight of the task loss, in [0, 1]; the distillation term gets ``1 - alpha``.
+        alpha: weight of the task loss, in [0, 1]; the logit term gets ``1 - alpha`` unless ``logit_weight`` is set.
+        logit_weight: weight of the logit term (>= 0); None: ``1 - alpha``.
         temperature: T > 0, softens both distributions (classification only).
-        hidden_weight: weight of the hidden-state MSE; 0 turns it off (and skips computing hidden states).
-        layer_map: ``{student layer: teacher layer}`` for that MSE (0 = embeddings, i = output of block i);
-            default when the depths are equal: every layer to itself. Hidden sizes must match.
+        hidden_weight: weight of the hidden-state term; 0 turns it off (and skips computing hidden states). The
+            teacher's hidden states come from the forward pass that gives its logits (under ``no_grad``), so the
+            term costs no teacher work beyond that pass, but rules out ``cache_teacher_logits`` (docs/BENCHMARKS.md).
+        hidden_loss: ``"mse"``: the plain MSE of each mapped layer; ``"normalized"``: each layer's MSE divided by the
+            teacher's mean squared feature there (SquareHead). Either is averaged over the mapped layers.
+        hidden_layers: the default ``layer_map`` when the depths are equal: ``"all"`` maps every layer (embeddings
+            included) to itself, ``"last"`` the last hidden state only.
+        layer_map: ``{student layer: teacher layer}`` for that term (0 = embeddings, i = output of block i), for
+            students and teachers of other depths; given, it replaces ``hidden_layers``. Hidden sizes must match.
         student_init: ``"teacher"``: the student starts as a copy of the teacher (the paper's pipeline);
             ``"pretrained"``: from ``model_name_or_path``.
         cache_teacher_logits: compute the teacher's logits once per training example and reuse them every epoch
@@ -180,8 +212,11 @@ class DistillationModule(SequenceClassificationModule):
         teacher: str | None = None,
         teacher_snapshot_epoch: int | None = None,
         alpha: float = 0.5,
+        logit_weight: float | None = None,
         temperature: float = 2.0,
         hidden_weight: float = 0.0,
+        hidden_loss: HiddenLoss = "mse",
+        hidden_layers: HiddenLayers = "all",
         layer_map: dict[int, int] | None = None,
         student_init: StudentInit = "teacher",
         cache_teacher_logits: bool = False,
@@ -190,12 +225,25 @@ class DistillationModule(SequenceClassificationModule):
         # Checked before any model is loaded, so that a bad config fails in seconds.
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha={alpha} must be in [0, 1] (the weight of the task loss; 1 - alpha goes to distillation).")
+        if logit_weight is not None and not logit_weight >= 0:
+            raise ValueError(f"logit_weight={logit_weight} must be >= 0 (0 turns the logit term off; unset: 1 - alpha).")
         if not temperature > 0:
             raise ValueError(f"temperature={temperature} must be > 0 (1 = the plain softmax; 2..4 are usual).")
         if hidden_weight < 0:
             raise ValueError(f"hidden_weight={hidden_weight} must be >= 0 (0 turns hidden-state distillation off).")
+        if hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"hidden_loss={hidden_loss!r} is not valid; choose one of {list(HIDDEN_LOSSES)}.")
+        if hidden_layers not in HIDDEN_LAYERS:
+            raise ValueError(f"hidden_layers={hidden_layers!r} is not valid; choose one of {list(HIDDEN_LAYERS)}.")
         if layer_map and hidden_weight == 0:
             raise ValueError("layer_map is set but hidden_weight is 0, so it would be ignored: set hidden_weight > 0.")
+        if layer_map and hidden_layers != "all":
+            raise ValueError(
+                f"Both layer_map and hidden_layers={hidden_layers!r} choose the layers: keep one (layer_map for models "
+                "of other depths)."
+            )
+        if alpha == 0 and logit_weight == 0 and hidden_weight == 0:
+            raise ValueError("alpha, logit_weight and hidden_weight are all 0: nothing would be trained; set one > 0.")
         if student_init not in STUDENT_INITS:
             raise ValueError(f"student_init={student_init!r} is not valid; choose one of {list(STUDENT_INITS)}.")
         if cache_teacher_logits and hidden_weight > 0:
@@ -266,7 +314,8 @@ class DistillationModule(SequenceClassificationModule):
                     f"The student has {student_layers} layers and the teacher {teacher_layers}: give layer_map "
                     f"({{student layer: teacher layer}}, 0 = embeddings), e.g. {{{student_layers}: {teacher_layers}}}."
                 )
-            return {layer: layer for layer in range(student_layers + 1)}
+            layers = range(student_layers + 1) if self.hparams.hidden_layers == "all" else [student_layers]
+            return {layer: layer for layer in layers}
         bad = {s: t for s, t in layer_map.items() if not (0 <= s <= student_layers and 0 <= t <= teacher_layers)}
         if bad:
             raise ValueError(
@@ -332,14 +381,19 @@ class DistillationModule(SequenceClassificationModule):
         student = self.model(**inputs, output_hidden_states=bool(self.layer_map))
         teacher_logits, teacher_hidden = self.teacher_outputs(inputs)
         alpha = self.hparams.alpha
+        logit_weight = 1 - alpha if self.hparams.logit_weight is None else self.hparams.logit_weight
         losses = {
             "task_loss": student.loss,
             "kd_loss": kd_loss(student.logits, teacher_logits, self.hparams.temperature, self.task.is_regression),
         }
-        loss = alpha * losses["task_loss"] + (1 - alpha) * losses["kd_loss"]
+        loss = alpha * losses["task_loss"] + logit_weight * losses["kd_loss"]
         if self.layer_map:
             losses["hidden_loss"] = hidden_state_loss(
-                student.hidden_states, teacher_hidden, self.layer_map, inputs["attention_mask"]
+                student.hidden_states,
+                teacher_hidden,
+                self.layer_map,
+                inputs["attention_mask"],
+                normalized=self.hparams.hidden_loss == "normalized",
             )
             loss = loss + self.hparams.hidden_weight * losses["hidden_loss"]
         self.log("train/loss", loss, prog_bar=True)
