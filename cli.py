@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
+from jsonargparse import Namespace
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -16,6 +19,10 @@ from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.module import SequenceClassificationModule
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
+# The loggers whose runs live in save_dir/name/version_N (or save_dir/name/<version>), where ModelCheckpoint puts its
+# checkpoints/ folder when no dirpath is set.
+VERSIONED_LOGGERS = ("lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.CSVLogger")
+LAST_CHECKPOINT = re.compile(r"last(-v\d+)?\.ckpt")  # last.ckpt, or last-vN.ckpt beside an older one
 
 
 class NxMLightningCLI(LightningCLI):
@@ -41,6 +48,79 @@ class NxMLightningCLI(LightningCLI):
                 },
             }
         )
+
+    def before_instantiate_classes(self) -> None:
+        if self.subcommand == "fit":
+            resolve_last_checkpoint(self.config["fit"])
+
+
+def resolve_last_checkpoint(fit: Namespace) -> None:
+    """``fit --ckpt_path last``: find the newest ``last.ckpt`` of the run the config describes, and continue that run.
+
+    Lightning looks for ``last.ckpt`` in the checkpoint folder of the run it starts, and a logger that numbers its runs
+    (TensorBoardLogger's ``version_N``, every shipped config's) gives each new run a new folder: Lightning would never
+    find one, warn, and train from step 0. Here the folder is ``checkpoint.dirpath`` when set, else the logger's
+    fixed ``version``, else the newest ``last.ckpt`` among the logger's ``version_*`` runs, whose version the logger
+    then continues in. No ``last.ckpt`` is an error that names the folders searched, never a fresh start.
+
+    Args:
+        fit: the parsed ``fit`` config; its ``ckpt_path`` and logger version are set in place.
+
+    Raises:
+        FileNotFoundError: no ``last.ckpt`` where the run keeps its checkpoints.
+        ValueError: a logger whose checkpoint folder cannot be told from its config, without ``checkpoint.dirpath``.
+    """
+    if fit.get("ckpt_path") != "last":
+        return
+    dirpath = fit.get("checkpoint.dirpath")
+    root = fit.trainer.get("default_root_dir") or "."
+    logger = _first_logger(fit.trainer, root)
+    versions: dict[Path, Any] = {}  # checkpoint folder -> logger version that writes it
+    if dirpath is not None:
+        folders = [Path(dirpath)]
+    elif logger is None:  # no logger: ModelCheckpoint writes to default_root_dir/checkpoints
+        folders = [Path(root) / "checkpoints"]
+    elif logger.get("class_path") not in VERSIONED_LOGGERS:
+        raise ValueError(
+            f"--ckpt_path last cannot tell where a {logger.get('class_path')} logger's runs keep their checkpoints: set "
+            "--checkpoint.dirpath DIR (in the first run too), or pass the checkpoint file: --ckpt_path DIR/last.ckpt."
+        )
+    else:
+        args = logger.get("init_args") or Namespace()
+        runs = Path(args.get("save_dir") or root) / str(args.get("name", "lightning_logs"))
+        version = args.get("version")
+        if version is not None:
+            folders = [runs / (version if isinstance(version, str) else f"version_{version}") / "checkpoints"]
+        else:
+            numbered = [d for d in runs.glob("version_*") if d.name.removeprefix("version_").isdigit()]
+            versions = {d / "checkpoints": int(d.name.removeprefix("version_")) for d in numbered}
+            folders = sorted(versions) or [runs / "version_*" / "checkpoints"]
+    found = [path for folder in folders if folder.is_dir() for path in folder.iterdir() if LAST_CHECKPOINT.fullmatch(path.name)]
+    if not found:
+        searched = ", ".join(str(folder) for folder in folders)
+        raise FileNotFoundError(
+            f"--ckpt_path last found no last.ckpt in {searched}: a fit writes one at every epoch end, so the run to "
+            "resume had not finished an epoch, or used another logger save_dir/name or checkpoint.dirpath. Pass the "
+            "checkpoint file (--ckpt_path PATH), or leave --ckpt_path out to train from scratch."
+        )
+    newest = max(found, key=lambda path: path.stat().st_mtime)
+    fit.ckpt_path = str(newest)
+    if newest.parent in versions:  # continue logging (and checkpointing) in the resumed run's folder
+        logger.init_args.version = versions[newest.parent]
+
+
+def _first_logger(trainer: Namespace, root: str) -> Namespace | None:
+    """The config of the logger whose folder ModelCheckpoint uses (the first of a list); None for no logger.
+
+    ``logger: true`` (Lightning's default logger) is spelled out as the TensorBoardLogger it is, in
+    ``default_root_dir/lightning_logs``, so that a resume can set its version."""
+    logger = trainer.get("logger")
+    if isinstance(logger, list):
+        logger = logger[0] if logger else None
+    if logger is True:
+        logger = Namespace(class_path=VERSIONED_LOGGERS[0], init_args=Namespace(save_dir=root, name="lightning_logs"))
+        trainer.logger = logger
+    return logger or None
 
 
 def resolve_config_paths(argv: list[str]) -> list[str]:
