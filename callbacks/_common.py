@@ -8,6 +8,7 @@ from contextlib import contextmanager
 import lightning.pytorch as pl
 import torch
 
+from nxm_lightning.sparsity.export import check_export_target
 from nxm_lightning.sparsity.nxm import nxm_mask
 from nxm_lightning.sparsity.targets import Target
 
@@ -73,3 +74,11 @@ def log_now(trainer: pl.Trainer, metrics: dict[str, float]) -> None:
     for logger in trainer.loggers:
         logger.log_metrics(metrics, step=trainer.global_step)
         logger.save()
+
+
+def check_export_dir_at_fit_start(trainer: pl.Trainer, stage: str, export_dir: str | None) -> None:
+    """Refuse an ``export_dir`` that the export at fit end would have to refuse (someone else's folder, a path that
+    cannot be written) when the fit starts, before its first step, rather than after hours of training. Rank zero
+    only: it alone writes the export, and other nodes may not see its file system."""
+    if stage == "fit" and export_dir and trainer.is_global_zero:
+        check_export_target(export_dir)

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks._common import log_now, optimizer_stepped, project_targets, refuse_sharded_strategy
+from callbacks._common import check_export_dir_at_fit_start, log_now, optimizer_stepped, project_targets, refuse_sharded_strategy
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
@@ -57,7 +57,8 @@ class HardPruneCallback(TargetingCallback):
         backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparsity.sparse_linear`).
         backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
         export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json`` +
-            a README.md model card).
+            a README.md model card). A new, empty, or previous export folder; any other existing folder is refused
+            when fit starts, so that nothing of the user's is deleted.
         score_at_prune: log ``prune/score_before`` and ``prune/score_after`` (the module's ``evaluate_score`` on the
             validation data just before and just after the cut) when the module has that method.
 
@@ -139,6 +140,9 @@ class HardPruneCallback(TargetingCallback):
                 "or set after_admm to null (prune at at_epoch / at_step / fit start)."
             )
         return found[0] if found else None
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_export_dir_at_fit_start(trainer, stage, self.export_dir)
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         refuse_sharded_strategy(trainer, type(self).__name__)

@@ -7,6 +7,7 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks._common import check_export_dir_at_fit_start
 from nxm_lightning.sparsity.export import save_pretrained_atomic
 from nxm_lightning.sparsity.model_card import CARD, card_facts, render_model_card
 
@@ -18,7 +19,9 @@ class SavePretrainedCallback(Callback):
     The dense run's export is what ``configs/glue_asp.yaml`` prunes and ``configs/glue_kd.yaml`` uses as teacher.
 
     Args:
-        export_dir: the folder to write (replaced only once the new copy is complete).
+        export_dir: the folder to write: new, empty, or a previous export of this project (which is replaced, only
+            once the new copy is complete). Any other existing folder is refused when fit starts, so that nothing of
+            the user's is deleted (see :func:`~nxm_lightning.sparsity.export.check_export_target`).
         use_best: save the weights of the ModelCheckpoint's best checkpoint rather than the last ones.
 
     Example::
@@ -31,6 +34,9 @@ class SavePretrainedCallback(Callback):
             raise ValueError("export_dir must be a folder path, e.g. exports/glue_dense.")
         self.export_dir = export_dir
         self.use_best = use_best
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        check_export_dir_at_fit_start(trainer, stage, self.export_dir)
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         model = getattr(pl_module, "model", None)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,9 @@ from tiny_models import tiny_model
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from nxm_lightning.sparsity.export import export_pretrained
+import nxm_lightning.sparsity.export as export_module
+from nxm_lightning.sparsity.export import export_pretrained, save_pretrained_atomic
+from nxm_lightning.sparsity.model_card import CARD, card_facts, render_model_card
 from nxm_lightning.sparsity.nxm import NxMPattern, nxm_project
 from nxm_lightning.sparsity.sparse_linear import (
     NxMLinear,
@@ -254,6 +257,97 @@ def test_export_refuses_violation_and_keeps_previous(tmp_path: Path, tiny_bert: 
     with pytest.raises(ValueError, match="Refusing to export: layer 'bert.encoder.layer.0.attention.self.query.weight'"):
         export_pretrained(model, None, patterns, out)
     assert (out / "model.safetensors").read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    "holds",
+    [
+        {"notes.txt": "my notes"},
+        {"README.md": "# My model\n", "config.json": "{}"},  # someone else's Hugging Face folder
+        {"sparsity.json": '{"format": "another-tool/2"}'},
+        {"nxm-lightning-export.json": "not the marker"},
+    ],
+)
+def test_export_refuses_a_folder_it_did_not_write(tmp_path: Path, tiny_bert: Path, holds: dict[str, str]) -> None:
+    """A folder (or file) of the user's given as export_dir is refused, and kept as it was: the export would delete it."""
+    model, patterns = _pruned_hf(tiny_bert)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    for name, text in holds.items():
+        (mine / name).write_text(text)
+    (tmp_path / "a_file").write_text("mine too")
+    for target, what in ((mine, "already exists and is not an export of nxm-lightning"), (tmp_path / "a_file", "is a file")):
+        with pytest.raises(ValueError, match=f"export_dir {re.escape(str(target))} {what}.*remove it yourself"):
+            export_pretrained(model, None, patterns, target)
+    assert {p.name: p.read_text() for p in mine.iterdir()} == holds and (tmp_path / "a_file").read_text() == "mine too"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file", "mine"]  # nothing staged or moved aside is left
+
+
+def test_export_never_replaces_the_working_directory_home_or_checkout(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not even when the folder looks like an export: a replace would delete all that is under it."""
+    assert export_module.CHECKOUT == REPO
+    checkout, home, work = tmp_path / "checkout", tmp_path / "home", tmp_path / "work"
+    monkeypatch.setattr(export_module, "CHECKOUT", checkout)  # first: code without the guard fails here, harmlessly
+    monkeypatch.setenv("HOME", str(home))
+    for folder in (checkout, home, work):
+        folder.mkdir()
+    model, patterns = _pruned_hf(tiny_bert)
+    export_pretrained(model, None, patterns, work / "export")
+    for folder in (checkout, home, work):
+        for name in ("sparsity.json", "nxm-lightning-export.json"):
+            (folder / name).write_text((work / "export" / name).read_text())
+    monkeypatch.chdir(work)
+    cases = [(".", "the working directory"), (tmp_path, "the working directory"), ("~", "the home directory"),
+             (checkout, "the nxm-lightning checkout")]  # fmt: skip
+    for target, what in cases:
+        with pytest.raises(ValueError, match=f"is {what} .* or holds it; .*Choose another export_dir"):
+            export_pretrained(model, None, patterns, target)
+    assert sorted(p.name for p in work.iterdir()) == ["export", "nxm-lightning-export.json", "sparsity.json"]
+    assert (checkout / "sparsity.json").is_file() and (home / "sparsity.json").is_file()
+
+
+def test_export_replaces_an_empty_folder_and_its_own_exports_old_and_new(tmp_path: Path, tiny_bert: Path) -> None:
+    """Exports written before the marker are recognised by their sparsity.json, or (dense) by their model card."""
+    model, patterns = _pruned_hf(tiny_bert)
+    out, dense = tmp_path / "export", tmp_path / "dense"
+    out.mkdir()
+    export_pretrained(model, None, patterns, out)
+    marker = json.loads((out / export_module.MARKER).read_text())
+    assert marker["format"] == "nxm-lightning-export/1" and "replaces the whole folder" in marker["note"]
+    (out / "left_by_the_last_run.txt").write_text("")
+    export_pretrained(model, None, patterns, out)
+    assert not (out / "left_by_the_last_run.txt").exists() and verify(out) == []
+    card = {CARD: render_model_card(card_facts(model))}
+    save_pretrained_atomic(model, None, dense, extra_files=card)
+    for previous in (out, dense):
+        (previous / export_module.MARKER).unlink()  # as written before the marker existed
+        (previous / "left_by_the_last_run.txt").write_text("")
+    export_pretrained(model, None, patterns, out)
+    save_pretrained_atomic(model, None, dense, extra_files=card)
+    for replaced in (out, dense):
+        assert (replaced / export_module.MARKER).is_file() and not (replaced / "left_by_the_last_run.txt").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dense", "export"]
+
+
+def test_a_folder_that_appears_while_the_export_is_written_is_kept(
+    tmp_path: Path, tiny_bert: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The target is checked again just before the swap, not only when the export starts."""
+    model, patterns = _pruned_hf(tiny_bert)
+    out = tmp_path / "export"
+    save = model.save_pretrained
+
+    def save_while_the_user_writes(folder: Path, **kwargs: object) -> None:
+        save(folder, **kwargs)
+        out.mkdir()
+        (out / "notes.txt").write_text("my notes")
+
+    monkeypatch.setattr(model, "save_pretrained", save_while_the_user_writes)
+    with pytest.raises(ValueError, match="already exists and is not an export"):
+        export_pretrained(model, None, patterns, out)
+    assert [p.name for p in out.iterdir()] == ["notes.txt"] and [p.name for p in tmp_path.iterdir()] == ["export"]
 
 
 def test_verify_refuses_non_export(tmp_path: Path) -> None:

@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from pathlib import Path
 
 import lightning.pytorch as pl
 import pytest
 import torch
-from conftest import KillAfter, Killed, ToyModule, toy_loader, toy_trainer
+from conftest import KillAfter, Killed, ToyModule, text_loader, toy_loader, toy_trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
-from callbacks import HardPruneCallback, NxMSparsifyCallback
+from callbacks import HardPruneCallback, NxMSparsifyCallback, SavePretrainedCallback
 from nxm_lightning.sparsity.nxm import is_nxm, nxm_mask
 from nxm_lightning.sparsity.saliency import fisher_saliency
 from nxm_lightning.sparsity.sparse_linear import NxMLinear
+from nxm_lightning.tasks.module import SequenceClassificationModule
 
 INCLUDE = [r"^net\.[02]$"]  # the two hidden Linear layers; net.4 (16 -> 1) is the head
 
@@ -468,3 +470,71 @@ def test_after_admm_false_prunes_at_fit_start_beside_a_sparsifier(tmp_path: Path
 
     toy_trainer(tmp_path, [sparsify, prune, Probe()], max_epochs=1).fit(model, toy_loader())
     assert steps and all(steps)  # pruned before the first step, not at the end of ADMM
+
+
+# The two callbacks that export, by name: (export_dir, the pruned layers' include (None: the default)) -> callback.
+EXPORTERS: dict[str, Callable[[Path, list[str] | None], Callback]] = {
+    "hard_prune": lambda export_dir, include: HardPruneCallback(include=include, export_dir=str(export_dir)),
+    "save_pretrained": lambda export_dir, include: SavePretrainedCallback(str(export_dir)),
+}
+
+
+def users_folder(tmp_path: Path) -> Path:
+    """A folder of the user's, with a file of theirs, that an export must never replace."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    return mine
+
+
+def under_a_file(tmp_path: Path) -> Path:
+    """A path that cannot be created, as an unwritable parent (chmod is no test when running as root)."""
+    (tmp_path / "mine").write_text("my notes")
+    return tmp_path / "mine" / "export"
+
+
+@pytest.mark.parametrize("exporter", sorted(EXPORTERS))
+@pytest.mark.parametrize(
+    ("export_dir", "message"),
+    [(users_folder, "already exists and is not an export of nxm-lightning"),
+     (under_a_file, "cannot be written: .*mine is a file, not a folder")],
+    ids=["users_folder", "under_a_file"],
+)  # fmt: skip
+def test_an_export_dir_the_export_would_refuse_stops_the_fit_before_training(
+    tmp_path: Path, exporter: str, export_dir: Callable[[Path], Path], message: str
+) -> None:
+    """Found when fit starts, not after the training; the user's files are left as they were."""
+    target = export_dir(tmp_path)
+    steps = []
+    trainer = toy_trainer(
+        tmp_path, [EXPORTERS[exporter](target, INCLUDE), OnStep(lambda tr, module: steps.append(tr.global_step))]
+    )
+    with pytest.raises(ValueError, match=f"export_dir {re.escape(str(target))} {message}"):
+        trainer.fit(ToyModule(), toy_loader())
+    assert steps == [] and trainer.global_step == 0
+    mine = tmp_path / "mine"
+    assert (mine / "notes.txt" if mine.is_dir() else mine).read_text() == "my notes"
+
+
+class MakeFolder(Callback):
+    """Makes a folder of the user's at ``path`` during training, after the export callbacks checked it."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.path.mkdir()
+        (self.path / "notes.txt").write_text("my notes")
+
+
+@pytest.mark.parametrize("exporter", sorted(EXPORTERS))
+def test_the_export_at_fit_end_refuses_a_folder_that_appeared_during_training(
+    tmp_path: Path, tiny_bert: Path, exporter: str
+) -> None:
+    """The check at fit start passed (nothing was there); the export's own check finds the folder and keeps it."""
+    target = tmp_path / "export"
+    module = SequenceClassificationModule(str(tiny_bert), "stsb")
+    trainer = toy_trainer(tmp_path, [EXPORTERS[exporter](target, None), MakeFolder(target)], max_epochs=1)
+    with pytest.raises(ValueError, match=f"export_dir {re.escape(str(target))} already exists and is not an export"):
+        trainer.fit(module, text_loader(tiny_bert))
+    assert [p.name for p in target.iterdir()] == ["notes.txt"] and (target / "notes.txt").read_text() == "my notes"

@@ -146,6 +146,25 @@ def test_bad_input_on_the_command_line_is_one_clear_line(args: list[str], messag
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_an_export_dir_holding_the_users_files_is_refused_before_training(
+    tmp_path: Path, glue_dir: Path, tiny_bert: Path
+) -> None:
+    """``python cli.py fit`` as a user types it, with export_dir set to a folder of theirs: one error line naming the
+    folder, no training (no checkpoint), and their file still there."""
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("my notes")
+    command = [sys.executable, "cli.py", "fit", "--config", "glue_dense.yaml", *common_args(tmp_path, glue_dir, str(tiny_bert)),
+               "--trainer.max_epochs=1", f"--trainer.callbacks.init_args.export_dir={mine}"]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr
+    assert len(errors) == 1 and f"export_dir {mine.resolve()} already exists and is not an export" in errors[0]
+    assert "Choose another export_dir, or remove it yourself" in errors[0]
+    assert (mine / "notes.txt").read_text() == "my notes" and [p.name for p in mine.iterdir()] == ["notes.txt"]
+    assert not list(tmp_path.rglob("*.ckpt"))  # refused before the first step: no epoch ended, no checkpoint
+
+
 def test_a_fit_stopped_by_sigterm_exits_non_zero(monkeypatch: pytest.MonkeyPatch) -> None:
     """Lightning ends a fit gracefully on SIGTERM and would exit 0; scripts (the study driver) must see it did not end."""
     from lightning.pytorch.utilities.exceptions import SIGTERMException

@@ -177,3 +177,10 @@ def render_model_card(facts: CardFacts, manifest: dict[str, Any] | None = None) 
     lines += ["```bash", facts.command, "```", ""] if facts.command else ["Command not recorded.", ""]
     lines.append(f"With nxm-lightning {facts.library_version}.")
     return "\n".join(lines) + "\n"
+
+
+def is_our_model_card(text: str) -> bool:
+    """Whether ``text`` is a card that :func:`render_model_card` wrote (its front matter's ``nxm-lightning`` tag and its
+    closing version line): how an export folder from before the export marker is told from someone else's folder."""
+    lines = text.splitlines()
+    return bool(lines) and lines[0] == "---" and '- "nxm-lightning"' in lines and lines[-1].startswith("With nxm-lightning ")
