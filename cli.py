@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import signal
@@ -145,7 +146,10 @@ def _find_config(path: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> NxMLightningCLI:
-    """Run the CLI on ``argv``, or on the command line (rewritten in place: DDP re-launches ``sys.argv``)."""
+    """Run the CLI on ``argv``, or on the command line (rewritten in place: DDP re-launches ``sys.argv``).
+
+    A bad argument raises ``argparse.ArgumentError`` (for :func:`run` to print as one line) instead of jsonargparse's
+    usage dump and exit."""
     if argv is None:
         sys.argv[1:] = resolve_config_paths(sys.argv[1:])
     return NxMLightningCLI(
@@ -154,12 +158,73 @@ def main(argv: list[str] | None = None) -> NxMLightningCLI:
         subclass_mode_model=True,
         seed_everything_default=42,
         save_config_kwargs={"overwrite": True},
+        parser_kwargs={"exit_on_error": False, **{command: {"exit_on_error": False} for command in SUBCOMMANDS}},
         args=None if argv is None else resolve_config_paths(argv),
     )
 
 
-# The errors this project raises for bad input; their messages say what was wrong and how to fix it.
+SUBCOMMANDS = ("fit", "validate", "test", "predict")
+# The errors this project raises for bad input; their messages say what was wrong and how to fix it. Printed as one
+# line only when raised by the project's own code (or by the argument parser): the same types raised inside torch or
+# transformers are bugs or system faults, whose traceback the user (and we) need.
 USER_ERRORS = (ValueError, FileNotFoundError, OSError, RuntimeError, TypeError, FloatingPointError)
+PROJECT_CODE = tuple(str(Path(__file__).resolve().parent / part) for part in ("nxm_lightning", "callbacks", "cli.py"))
+# jsonargparse's lines that only frame the error that matters (a Union's other members, the value echoed back).
+PARSER_FRAMING = ("Does not validate against", "Subtypes:", "Errors:", "Not a valid subclass", "Given value")
+
+
+def raised_by_project(err: BaseException) -> bool:
+    """Whether ``err`` was raised (its last traceback frame) in this project's code."""
+    tb = err.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    return tb is not None and tb.tb_frame.f_code.co_filename.startswith(PROJECT_CODE)
+
+
+def user_error_line(err: BaseException) -> str | None:
+    """One line for a bad input: the project's own message (a class's constructor named), or the innermost complaint of
+    the argument parser with the argument's path; None for anything else (a bug: show its traceback)."""
+    if isinstance(err, argparse.ArgumentError):
+        return parser_error_line(str(err))
+    root = err
+    while root.__cause__ is not None:  # jsonargparse wraps a constructor's ValueError in its own Union error
+        root = root.__cause__
+    if not isinstance(root, USER_ERRORS) or not raised_by_project(root):
+        return None
+    return f"{type(root).__name__}: {constructor_of(root)}{root}"
+
+
+def constructor_of(err: BaseException) -> str:
+    """``"NxMSparsifyCallback: "`` when ``err`` was raised inside a constructor (a config-time error): the outermost
+    one, the class the user configured (not a helper it validates with); "" otherwise."""
+    tb = err.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self") if tb.tb_frame.f_code.co_name == "__init__" else None
+        if owner is not None and not isinstance(owner, LightningCLI):
+            return f"{type(owner).__name__}: "
+        tb = tb.tb_next
+    return ""
+
+
+def parser_error_line(message: str) -> str:
+    """jsonargparse's nested message as ``key: class_path: key: complaint``, with a hint for an unquoted N:M pattern."""
+    path: list[str] = []
+    complaint = message.strip()
+    for line in message.splitlines():
+        text = line.strip().removeprefix("- ").strip()
+        key = re.fullmatch(r"Parser key \"(.+)\":|Problem with given class_path '(.+)':", text)
+        if key:
+            path.append(key[1] or key[2])
+        elif text and not text.startswith(PARSER_FRAMING):
+            complaint = text
+            break
+    hint = ""
+    number = re.search(r"Got value: (\d+)$", complaint)
+    if path and path[-1] in ("pattern", "default_pattern") and number:
+        # YAML 1.1 reads an unquoted 2:4 as a base-60 integer: 2 * 60 + 4 = 124.
+        n, m = divmod(int(number[1]), 60)
+        hint = f' (YAML reads an unquoted {n}:{m} as the number {number[1]}: quote it, pattern: "{n}:{m}")'
+    return f"ArgumentError: {': '.join([*path, complaint])}{hint}. Run with --help for the valid arguments"
 
 
 def run() -> None:
@@ -169,10 +234,11 @@ def run() -> None:
     except SIGTERMException:
         # Lightning stops a fit gracefully on SIGTERM and would exit 0, as if it had finished: say it did not.
         sys.exit(128 + signal.SIGTERM)
-    except USER_ERRORS as err:
-        if os.environ.get("NXM_TRACEBACK"):
+    except (argparse.ArgumentError, *USER_ERRORS) as err:
+        line = user_error_line(err)
+        if line is None or os.environ.get("NXM_TRACEBACK"):
             raise
-        sys.exit(f"error: {type(err).__name__}: {err}\n(set NXM_TRACEBACK=1 for the full traceback)")
+        sys.exit(f"error: {line}\n(set NXM_TRACEBACK=1 for the full traceback)")
 
 
 if __name__ == "__main__":

@@ -199,3 +199,50 @@ def test_feature_distillation_from_the_command_line(tmp_path: Path, glue_dir: Pa
     assert float(metrics["train/hidden_loss"]) > 0
     assert float(metrics["train/loss"]) == pytest.approx(2 * float(metrics["train/hidden_loss"]), rel=1e-4)
     assert verify(export) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        ('pattern: "4:2"', "ValueError: NxMSparsifyCallback: Invalid N:M pattern '4:2': need 0 < N < M (did you mean '2:4'?"),
+        (
+            "pattern: 2:4",
+            "callbacks.NxMSparsifyCallback: pattern: Expected a <class 'str'>. Got value: 124 (YAML reads "
+            'an unquoted 2:4 as the number 124: quote it, pattern: "2:4")',
+        ),
+        ("update_every: 0", "ValueError: NxMSparsifyCallback: update_every=0 must be >= 1"),
+        ("rho: -0.01", "NxMSparsifyCallback: rho=-0.01 must be a positive finite number"),
+        ("include: ['(']", "Invalid regular expression '(' in include"),
+    ],
+)
+def test_config_time_errors_of_the_callbacks_are_one_line(tmp_path: Path, edit: str, message: str) -> None:
+    """A bad callback argument in the YAML: one line naming the argument, not jsonargparse's 18-line Union dump."""
+    key = edit.split(":")[0]
+    text = (cli.CONFIG_DIR / "glue.yaml").read_text()
+    # The sparsifier's line of that key (the first callback's), or a new line under its pattern for a key it lacks.
+    anchor = next(line for line in text.splitlines() if line.strip() == 'pattern: "2:4"')
+    indent = anchor[: len(anchor) - len(anchor.lstrip())]
+    line = next((line for line in text.splitlines() if line.startswith(f"{indent}{key}:")), None)
+    text = text.replace(line, indent + edit, 1) if line else text.replace(anchor, f"{anchor}\n{indent}{edit}", 1)
+    config = tmp_path / "bad.yaml"
+    config.write_text(text)
+    result = subprocess.run([sys.executable, "cli.py", "fit", "--config", str(config)], capture_output=True, text=True,
+                            cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+    assert "Does not validate against any of the Union subtypes" not in result.stderr
+
+
+def test_only_the_projects_own_errors_are_shortened() -> None:
+    """A RuntimeError raised inside torch is a bug or a system fault: its traceback is kept (None: re-raise)."""
+    from nxm_lightning.sparsity.nxm import NxMPattern
+
+    try:
+        torch.zeros(2, 3) @ torch.zeros(2, 3)
+    except RuntimeError as err:
+        assert cli.user_error_line(err) is None
+    try:
+        NxMPattern.parse("4:2")
+    except ValueError as err:
+        assert cli.user_error_line(err).startswith("ValueError: Invalid N:M pattern '4:2'")
