@@ -131,3 +131,11 @@ def run_verify(path: Path) -> subprocess.CompletedProcess:
     """``python -m nxm_lightning.sparsity.verify PATH`` from the repository root."""
     return subprocess.run([sys.executable, "-m", "nxm_lightning.sparsity.verify", str(path)], capture_output=True,
                           text=True, cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+
+
+def verify_line(path: Path, status: int) -> str:
+    """What ``python -m nxm_lightning.sparsity.verify PATH`` prints, checked to be one line, no traceback, exit ``status``."""
+    result = run_verify(path)
+    output = (result.stdout + result.stderr).strip()
+    assert result.returncode == status and "Traceback" not in output and len(output.splitlines()) == 1, output
+    return output

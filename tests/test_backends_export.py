@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import run_verify
+from conftest import run_verify, verify_line
 from safetensors.torch import load_file, save_file
-from tiny_models import tiny_model
+from tiny_models import export_pruned, tiny_model
 from torch import nn
-from transformers import AutoModelForSequenceClassification
+from transformers import AutoModelForSequenceClassification, BertConfig
 
 import nxm_lightning.sparsity.export as export_module
 from nxm_lightning.sparsity.export import export_pretrained, save_pretrained_atomic
@@ -353,3 +355,117 @@ def test_a_folder_that_appears_while_the_export_is_written_is_kept(
 def test_verify_refuses_non_export(tmp_path: Path) -> None:
     with pytest.raises(VerifyError, match="not a directory"):
         verify(tmp_path / "missing")
+
+
+@pytest.fixture(scope="module")
+def bert_export(tmp_path_factory: pytest.TempPathFactory, tiny_bert: Path) -> Path:
+    model, patterns = _pruned_hf(tiny_bert)
+    return export_pretrained(model, None, patterns, tmp_path_factory.mktemp("bert_export") / "export")
+
+
+def edit_manifest(folder: Path, edit: Callable[[dict], object]) -> None:
+    manifest = json.loads((folder / "sparsity.json").read_text())
+    edit(manifest)
+    (folder / "sparsity.json").write_text(json.dumps(manifest))
+
+
+def test_verify_checks_the_default_targets_the_manifest_leaves_out(bert_export: Path, tmp_path: Path) -> None:
+    """The weights decide, not the manifest's word: every default target of the model must be listed, and is checked."""
+    emptied = shutil.copytree(bert_export, tmp_path / "emptied")
+    edit_manifest(emptied, lambda manifest: manifest["layers"].clear())
+    problems = verify(emptied)
+    # Listed nowhere, though still 2:4: the manifest and the model card misstate the export, so it fails all the same.
+    assert problems == [
+        "sparsity.json does not list 12 of the model's 12 default target layers (0 of them not 2:4 in the weights): "
+        "'bert.encoder.layer.0.attention.self.query.weight', 'bert.encoder.layer.0.attention.self.key.weight', "
+        "'bert.encoder.layer.0.attention.self.value.weight' and 9 more. Every Linear inside the transformer blocks must "
+        "be listed and N:M; export again with HardPruneCallback"
+    ]
+    assert verify_line(emptied, 1) == f"VIOLATION: {problems[0]}"
+
+    changed = shutil.copytree(bert_export, tmp_path / "changed")
+    name = "bert.encoder.layer.1.intermediate.dense.weight"
+    weights = load_file(str(changed / "model.safetensors"))
+    weights[name][3, 4:8] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    save_file(weights, str(changed / "model.safetensors"), metadata={"format": "pt"})
+    edit_manifest(changed, lambda manifest: manifest["layers"].pop(name))
+    line = verify_line(changed, 1)
+    assert f"does not list 1 of the model's 12 default target layers (1 of them not 2:4 in the weights): {name!r}." in line
+
+
+def test_verify_does_not_require_layers_too_narrow_for_the_pattern(tmp_path: Path) -> None:
+    """4:8 on a BERT of width 36: the selection skips the layers that read 36 features, so the export rightly omits them."""
+    config = BertConfig(vocab_size=100, hidden_size=36, num_hidden_layers=1, num_attention_heads=2, intermediate_size=72)
+    torch.manual_seed(0)
+    with pytest.warns(UserWarning, match="not a multiple of M=8"):
+        export = export_pruned(AutoModelForSequenceClassification.from_config(config), tmp_path / "export", pattern="4:8")
+    assert list(json.loads((export / "sparsity.json").read_text())["layers"]) == ["bert.encoder.layer.0.output.dense.weight"]
+    assert verify(export) == []
+
+
+@pytest.mark.parametrize(
+    ("edit", "message"),
+    [
+        (lambda m: m["layers"]["bert.encoder.layer.0.attention.self.query.weight"].pop("pattern"),
+         "layer 'bert.encoder.layer.0.attention.self.query.weight' has no 'pattern'."),
+        (lambda m: m["layers"]["bert.encoder.layer.0.attention.self.key.weight"].update(pattern=24),
+         "layer 'bert.encoder.layer.0.attention.self.key.weight' has 'pattern' 24, expected a string."),
+        (lambda m: m["layers"]["bert.encoder.layer.0.output.dense.weight"].update(pattern="4:2"),
+         "layer 'bert.encoder.layer.0.output.dense.weight' has an invalid pattern: Invalid N:M pattern '4:2'"),
+        (lambda m: m["layers"]["bert.encoder.layer.0.output.dense.weight"].update(layout="rows"),
+         "has layout 'rows', expected one of ('out_in', 'in_out')."),
+        (lambda m: m["layers"].update({"bert.encoder.layer.0.output.dense.weight": "2:4"}),
+         "layer 'bert.encoder.layer.0.output.dense.weight' is a str, expected {'pattern': 'N:M', ...}."),
+        (lambda m: m.update(layers=[]), "'layers' is a list, expected an object {layer name: {'pattern': 'N:M',"),
+        (lambda m: m.pop("layers"), "'layers' is missing, expected an object"),
+    ],
+    ids=["no pattern", "pattern not a string", "reversed pattern", "unknown layout", "entry not an object",
+         "layers a list", "no layers"],
+)  # fmt: skip
+def test_verify_malformed_manifest_is_one_line_exit_2(
+    bert_export: Path, tmp_path: Path, edit: Callable[[dict], object], message: str
+) -> None:
+    folder = shutil.copytree(bert_export, tmp_path / "export")
+    edit_manifest(folder, edit)
+    with pytest.raises(VerifyError, match="is not a valid manifest"):
+        verify(folder)
+    line = verify_line(folder, 2)
+    assert line.startswith(f"error: {folder / 'sparsity.json'} is not a valid manifest: ") and message in line
+
+
+def test_verify_unreadable_files_are_one_line_exit_2(bert_export: Path, tmp_path: Path) -> None:
+    """Could not check (exit 2), not a traceback: a manifest that is no JSON, truncated or corrupt weights, no config."""
+    folder = shutil.copytree(bert_export, tmp_path / "export")
+    (folder / "sparsity.json").write_bytes(b"\xff\xfe{ not json")
+    assert verify_line(folder, 2).startswith(f"error: {folder / 'sparsity.json'} is not valid JSON (JSONDecodeError: ")
+
+    truncated = shutil.copytree(bert_export, tmp_path / "truncated")
+    data = (truncated / "model.safetensors").read_bytes()
+    (truncated / "model.safetensors").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VerifyError, match="model.safetensors is truncated or corrupt"):
+        verify(truncated)
+    line = verify_line(truncated, 2)
+    assert line.startswith(f"error: {truncated / 'model.safetensors'} is truncated or corrupt (SafetensorError: ")
+
+    binary = shutil.copytree(bert_export, tmp_path / "binary")
+    (binary / "model.safetensors").unlink()
+    torch.save(load_file(str(bert_export / "model.safetensors")), binary / "pytorch_model.bin")
+    assert verify(binary) == []
+    data = (binary / "pytorch_model.bin").read_bytes()
+    (binary / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    line = verify_line(binary, 2)
+    assert line.startswith(f"error: {binary / 'pytorch_model.bin'} is truncated or corrupt (")
+
+    no_config = shutil.copytree(bert_export, tmp_path / "no_config")
+    (no_config / "config.json").unlink()
+    assert verify_line(no_config, 2).startswith(f"error: Cannot build the model of {no_config} to find its default targets (")
+
+
+def test_verify_a_listed_weight_that_cannot_be_nxm_is_a_violation(bert_export: Path, tmp_path: Path) -> None:
+    folder = shutil.copytree(bert_export, tmp_path / "export")
+    name = "bert.encoder.layer.0.output.LayerNorm.weight"
+    edit_manifest(folder, lambda manifest: manifest["layers"].update({name: {"pattern": "2:4"}}))
+    assert verify_line(folder, 1).startswith(
+        f"VIOLATION: layer {name!r} cannot be 2:4: N:M sparsity applies to 2-D weights [out_features, in_features]; got a "
+        "1-D tensor of shape (32,)."
+    )

@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
-from conftest import run_verify
+from conftest import run_verify, verify_line
 from onnx import numpy_helper
 from tiny_models import export_pruned, tiny_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -100,6 +100,42 @@ def test_verify_refuses_onnx_without_record(bert_onnx: Path, tmp_path: Path) -> 
     not_onnx.write_bytes(b"\x00\x01 not a protobuf")
     with pytest.raises(VerifyError, match="is not a readable ONNX file"):
         verify(not_onnx)
+
+
+def test_verify_cli_refuses_non_project_or_corrupt_onnx_with_one_line(bert_onnx: Path, tmp_path: Path) -> None:
+    """Exit 2 (could not check) and one ``error:`` line, as for a folder; the VerifyError used to escape as a traceback."""
+    model = onnx.load(str(bert_onnx))
+    del model.metadata_props[:]
+    bare = tmp_path / "bare.onnx"
+    onnx.save(model, str(bare))
+    assert verify_line(bare, 2).startswith(f"error: {bare} holds no nxm-lightning sparsity record")
+
+    truncated = tmp_path / "truncated.onnx"
+    data = bert_onnx.read_bytes()
+    truncated.write_bytes(data[: len(data) // 2])
+    assert verify_line(truncated, 2).startswith(f"error: {truncated} is not a readable ONNX file (DecodeError: ")
+
+    model = onnx.load(str(bert_onnx))
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    damaged = json.loads(entry.value)
+    del damaged["layers"][layer]["initializer"]
+    entry.value = json.dumps(damaged)
+    no_initializer = tmp_path / "no_initializer.onnx"
+    onnx.save(model, str(no_initializer))
+    with pytest.raises(VerifyError, match=f"layer '{layer}' has no 'initializer'"):
+        verify(no_initializer)
+    assert verify_line(no_initializer, 2).startswith(f"error: {no_initializer}'s sparsity record ({METADATA_KEY}) is not a valid")
+
+    model = onnx.load(str(bert_onnx))
+    name = record(bert_onnx)[layer]["initializer"]
+    init = next(i for i in model.graph.initializer if i.name == name)
+    init.raw_data = init.raw_data[:16]  # fewer bytes than its shape needs
+    corrupt = tmp_path / "corrupt.onnx"
+    onnx.save(model, str(corrupt))
+    assert verify_line(corrupt, 2).startswith(
+        f"error: {corrupt}: initializer {name!r} (layer {layer!r}) is corrupt (ValueError: "
+    )
 
 
 def test_cli_exports_a_folder_with_its_tokenizer_inputs(tiny_bert: Path, tmp_path: Path) -> None:

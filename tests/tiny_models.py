@@ -66,11 +66,11 @@ def block_layer(name: str) -> str:
     return re.split(r"\.\d+\.", name)[-1]
 
 
-def export_pruned(model: nn.Module, export_dir: Path, tokenizer: Any = None) -> Path:
-    """``model``'s default targets cut to 2:4 by magnitude, exported as an nxm-lightning folder."""
-    targets = select_targets(model)
+def export_pruned(model: nn.Module, export_dir: Path, tokenizer: Any = None, pattern: str = "2:4") -> Path:
+    """``model``'s default targets cut to ``pattern`` by magnitude, exported as an nxm-lightning folder."""
+    targets = select_targets(model, pattern)
     with torch.no_grad():
         for t in targets:
-            t.weight.copy_(nxm_project(t.weight, 2, 4))
+            t.weight.copy_(nxm_project(t.weight, t.pattern.n, t.pattern.m))
     patterns = {f"{t.name}.weight": t.pattern for t in targets}
     return export_pretrained(model, tokenizer, patterns, export_dir, {f"{t.name}.weight" for t in targets if t.transposed})

@@ -69,6 +69,26 @@ def sparsity_manifest(
             "layers": layers, "overall_density": kept / max(total, 1)}  # fmt: skip
 
 
+def pretrained_class(export_dir: str | os.PathLike) -> tuple[Any, type]:
+    """The config and the ``transformers`` model class of a ``save_pretrained`` folder (its ``config.json``'s first
+    architecture): what ONNX export loads and what ``verify`` builds to find the default targets.
+
+    Raises:
+        OSError: no readable ``config.json``.
+        ValueError: ``config.json`` names no architecture this ``transformers`` has.
+    """
+    import transformers  # only for exported folders: the core imports with torch alone
+
+    config = transformers.AutoConfig.from_pretrained(export_dir)
+    architecture = (config.architectures or [None])[0]
+    model_class = getattr(transformers, architecture or "", None)
+    if model_class is None:
+        raise ValueError(
+            f"{Path(export_dir) / 'config.json'} names architecture {architecture!r}, which this transformers does not have."
+        )
+    return config, model_class
+
+
 def describe_violation(name: str, pattern: NxMPattern, violation: tuple[int, int, int], layout: str = "out_in") -> str:
     """A violation found by ``first_violation`` on the ``[out, in]`` view, in words (and in stored indices if transposed)."""
     row, col, count = violation

@@ -32,8 +32,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from nxm_lightning.sparsity.export import MANIFEST, as_out_in
-from nxm_lightning.sparsity.verify import VerifyError, layer_violations
+from nxm_lightning.sparsity.export import MANIFEST, as_out_in, pretrained_class
+from nxm_lightning.sparsity.verify import VerifyError, layer_violations, read_layers, reason
 
 METADATA_KEY = "nxm_lightning.sparsity"
 RECORD_FORMAT = "nxm-lightning-onnx/1"
@@ -201,13 +201,7 @@ def load_export(export_dir: str | Path) -> tuple[nn.Module, dict[str, dict], lis
             "plus sparsity.json)."
         )
     layers = json.loads(manifest_path.read_text())["layers"]
-    config = transformers.AutoConfig.from_pretrained(export_dir)
-    architecture = (config.architectures or [None])[0]
-    model_class = getattr(transformers, architecture or "", None)
-    if model_class is None:
-        raise ValueError(
-            f"{export_dir / 'config.json'} names architecture {architecture!r}, which this transformers does not have."
-        )
+    _, model_class = pretrained_class(export_dir)
     model = model_class.from_pretrained(export_dir).float().eval()
     try:
         tokenizer_inputs = list(transformers.AutoTokenizer.from_pretrained(export_dir).model_input_names)
@@ -243,14 +237,14 @@ def verify_onnx(path: str | Path) -> list[str]:
     try:
         model = onnx.load(str(path))
     except Exception as err:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise VerifyError(f"{path} is not a readable ONNX file ({type(err).__name__}: {err}).") from None
+        raise VerifyError(f"{path} is not a readable ONNX file ({reason(err)}).") from None
     props = {p.key: p.value for p in model.metadata_props}
     if METADATA_KEY not in props:
         raise VerifyError(
             f"{path} holds no nxm-lightning sparsity record (metadata {METADATA_KEY!r}): export it with "
             "python -m nxm_lightning.sparsity.onnx_export EXPORT_DIR OUT.onnx."
         )
-    layers = json.loads(props[METADATA_KEY])["layers"]
+    layers = read_layers(props[METADATA_KEY], f"{path}'s sparsity record ({METADATA_KEY})", ("pattern", "initializer"))
     initializers = {init.name: init for init in model.graph.initializer}
     problems, weights = [], {}
     for name, entry in layers.items():
@@ -258,7 +252,10 @@ def verify_onnx(path: str | Path) -> list[str]:
         if initializer is None:
             problems.append(f"layer {name!r}: its initializer {entry['initializer']!r} is missing from the ONNX graph")
             continue
-        weights[name] = torch.from_numpy(onnx.numpy_helper.to_array(initializer).copy())
+        try:
+            weights[name] = torch.from_numpy(onnx.numpy_helper.to_array(initializer).copy())
+        except ValueError as err:  # raw data that does not fill the initializer's shape
+            raise VerifyError(f"{path}: initializer {initializer.name!r} (layer {name!r}) is corrupt ({reason(err)}).") from None
     return problems + layer_violations(layers, weights)
 
 

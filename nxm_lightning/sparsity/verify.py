@@ -1,40 +1,109 @@
 """Check N:M compliance of an exported model folder or ONNX file: ``python -m nxm_lightning.sparsity.verify DIR_OR_ONNX``.
 
 Exit status 0: every layer listed in ``sparsity.json`` (or, for an ``.onnx`` file, in the sparsity record that
-:mod:`nxm_lightning.sparsity.onnx_export` embeds) satisfies its pattern; 1: a violation (the layer and its first bad group are
-printed); 2: the path is not an nxm-lightning export.
+:mod:`nxm_lightning.sparsity.onnx_export` embeds) satisfies its pattern, and, for a folder, the manifest lists every
+default target of the folder's model; 1: a violation (the layer and its first bad group are printed) or default targets
+missing from the manifest (named); 2: the path could not be checked (not an nxm-lightning export, a malformed manifest,
+truncated or corrupt weights): one ``error:`` line.
+
+A folder's manifest is not taken at its word: the model is built from ``config.json`` (on the meta device: no weights,
+no memory) and its default targets (:func:`nxm_lightning.sparsity.targets.select_targets`) must all be listed, so an
+emptied manifest, or one whose entry was removed after that layer's weight was changed, fails. A default target the
+manifest does not list fails even when its weight happens to be N:M: the manifest (and the model card made from it)
+would misstate the export. An export whose ``include`` / ``exclude`` left default targets dense on purpose fails this
+check too; a default target whose width is not a multiple of M (skipped by the target selection) is not required.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import pickle
 import sys
+import warnings
 from pathlib import Path
 
 import torch
 
-from nxm_lightning.sparsity.export import MANIFEST, as_out_in, describe_violation
+from nxm_lightning.sparsity.export import LAYOUTS, MANIFEST, as_out_in, describe_violation, pretrained_class
 from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
+from nxm_lightning.sparsity.targets import Target, select_targets
+
+# How many unlisted default targets the failure line names before it only counts them.
+NAMED_UNLISTED = 3
 
 
 class VerifyError(Exception):
-    """The folder cannot be verified (missing or unreadable files)."""
+    """The folder cannot be verified (missing, unreadable or malformed files)."""
+
+
+def reason(err: BaseException) -> str:
+    """``Type: first line of the message``: a library's error as part of a one-line VerifyError."""
+    lines = str(err).strip().splitlines()
+    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a ``save_pretrained`` folder; raises VerifyError when there are none or a file is unreadable."""
     files = sorted(directory.glob("*.safetensors"))
     if files:
-        from safetensors.torch import load_file  # a transformers dependency: only needed for .safetensors files
+        from safetensors import SafetensorError  # a transformers dependency: only needed for .safetensors files
+        from safetensors.torch import load_file
 
         weights: dict[str, torch.Tensor] = {}
         for file in files:
-            weights.update(load_file(str(file)))
+            try:
+                weights.update(load_file(str(file)))
+            except (SafetensorError, OSError) as err:
+                raise VerifyError(f"{file} is truncated or corrupt ({reason(err)}): export the model again.") from None
         return weights
     binary = directory / "pytorch_model.bin"
     if binary.is_file():
-        return torch.load(binary, map_location="cpu", weights_only=True)
+        try:
+            return torch.load(binary, map_location="cpu", weights_only=True)
+        except (RuntimeError, pickle.UnpicklingError, EOFError, OSError) as err:
+            raise VerifyError(f"{binary} is truncated or corrupt ({reason(err)}): export the model again.") from None
     raise VerifyError(f"No weights in {directory}: expected *.safetensors or pytorch_model.bin (save_pretrained output).")
+
+
+def read_layers(text: str | bytes, where: str, keys: tuple[str, ...] = ("pattern",)) -> dict[str, dict]:
+    """The ``layers`` of a manifest (``sparsity.json``, or an ONNX file's sparsity record), every entry checked.
+
+    A hand-edited or damaged manifest is a VerifyError (could not check) naming the file and the entry, rather than
+    a traceback from deep inside the check.
+
+    Args:
+        text: the manifest's JSON.
+        where: the manifest's name in messages.
+        keys: the string fields each entry must have (``pattern``; the ONNX record's ``initializer`` too).
+    """
+    expected = "an object {layer name: {'pattern': 'N:M', 'layout': 'out_in' or 'in_out'}}"
+    try:
+        manifest = json.loads(text)
+    except ValueError as err:  # bad JSON, or bytes that are no text
+        raise VerifyError(f"{where} is not valid JSON ({reason(err)}).") from None
+    layers = manifest.get("layers") if isinstance(manifest, dict) else None
+    if not isinstance(layers, dict):
+        found = "missing" if layers is None else f"a {type(layers).__name__}"
+        raise VerifyError(f"{where} is not a valid manifest: 'layers' is {found}, expected {expected}.")
+    for name, entry in layers.items():
+        problem = None
+        if not isinstance(entry, dict):
+            problem = f"is a {type(entry).__name__}, expected {{'pattern': 'N:M', ...}}"
+        elif absent := [key for key in keys if key not in entry]:
+            problem = f"has no {absent[0]!r}"
+        elif wrong := [key for key in keys if not isinstance(entry[key], str)]:
+            problem = f"has {wrong[0]!r} {entry[wrong[0]]!r}, expected a string"
+        elif entry.get("layout", "out_in") not in LAYOUTS:
+            problem = f"has layout {entry['layout']!r}, expected one of {LAYOUTS}"
+        else:
+            try:
+                NxMPattern.parse(entry["pattern"])
+            except ValueError as err:
+                problem = f"has an invalid pattern: {err}"
+        if problem:
+            raise VerifyError(f"{where} is not a valid manifest: layer {name!r} {problem}.")
+    return layers
 
 
 def verify(directory: str | Path) -> list[str]:
@@ -52,19 +121,17 @@ def verify(directory: str | Path) -> list[str]:
     manifest_path = directory / MANIFEST
     if not manifest_path.is_file():
         raise VerifyError(f"{manifest_path} not found: this folder was not exported by nxm-lightning (no manifest).")
-    try:
-        layers = json.loads(manifest_path.read_text())["layers"]
-    except (json.JSONDecodeError, KeyError) as err:
-        raise VerifyError(f"{manifest_path} is not a valid manifest ({err}).") from None
+    layers = read_layers(manifest_path.read_bytes(), str(manifest_path))
     weights = load_weights(directory)
     missing = [f"layer {name!r} is listed in {MANIFEST} but missing from the weights" for name in layers if name not in weights]
-    return missing + layer_violations(layers, weights)
+    return missing + layer_violations(layers, weights) + unlisted_targets(directory, layers, weights)
 
 
 def layer_violations(layers: dict[str, dict], weights: dict[str, torch.Tensor]) -> list[str]:
     """The violations of ``weights`` against manifest entries ``{name: {"pattern", "layout"}}`` (names present only).
 
     ``layout`` is ``out_in`` (the default, for manifests written before it existed) or ``in_out`` (stored transposed).
+    A listed weight that cannot hold the pattern at all (not 2-D, or a width not a multiple of M) is a violation too.
     """
     problems = []
     for name, entry in layers.items():
@@ -72,10 +139,61 @@ def layer_violations(layers: dict[str, dict], weights: dict[str, torch.Tensor]) 
             continue
         pattern = NxMPattern.parse(entry["pattern"])
         layout = entry.get("layout", "out_in")
-        violation = first_violation(as_out_in(weights[name], layout), pattern.n, pattern.m)
+        try:
+            violation = first_violation(as_out_in(weights[name], layout), pattern.n, pattern.m)
+        except ValueError as err:
+            problems.append(f"layer {name!r} cannot be {pattern}: {err}")
+            continue
         if violation is not None:
             problems.append(describe_violation(name, pattern, violation, layout))
     return problems
+
+
+def default_targets(directory: Path, patterns: set[str]) -> list[Target]:
+    """The default targets of the folder's model (built on the meta device from ``config.json``) under every pattern.
+
+    A layer whose width is not a multiple of some pattern's M is left out (the selection skips it, so an export may
+    rightly leave it dense); the targets carry the first pattern (in sorted order).
+    """
+    try:
+        config, model_class = pretrained_class(directory)
+    except (ImportError, OSError, ValueError) as err:  # no transformers, no or a bad config.json
+        raise VerifyError(f"Cannot build the model of {directory} to find its default targets ({reason(err)}).") from None
+    with torch.device("meta"):
+        model = model_class(config)
+    selections = []
+    for pattern in sorted(patterns):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # the layers skipped for their width: expected here
+            try:
+                selections.append(select_targets(model, pattern))
+            except ValueError:  # no default target at all under this pattern
+                return []
+    common = set.intersection(*({t.name for t in targets} for targets in selections))
+    return [t for t in selections[0] if t.name in common]
+
+
+def unlisted_targets(directory: Path, layers: dict[str, dict], weights: dict[str, torch.Tensor]) -> list[str]:
+    """One problem naming the default targets of the folder's model that the manifest does not list (none: empty).
+
+    Each of them is checked too, so the line says whether only the manifest or also the weights changed.
+    """
+    targets = default_targets(directory, {entry["pattern"] for entry in layers.values()} or {"2:4"})
+    unlisted = [t for t in targets if f"{t.name}.weight" not in layers]
+    if not unlisted:
+        return []
+    names = [f"{t.name}.weight" for t in unlisted]
+    entries = {
+        name: {"pattern": str(t.pattern), "layout": "in_out" if t.transposed else "out_in"} for t, name in zip(unlisted, names)
+    }
+    broken = len(layer_violations(entries, weights))
+    shown = ", ".join(repr(name) for name in names[:NAMED_UNLISTED])
+    more = f" and {len(names) - NAMED_UNLISTED} more" if len(names) > NAMED_UNLISTED else ""
+    return [
+        f"{MANIFEST} does not list {len(names)} of the model's {len(targets)} default target layers ({broken} of them "
+        f"not {unlisted[0].pattern} in the weights): {shown}{more}. Every Linear inside the transformer blocks must be "
+        "listed and N:M; export again with HardPruneCallback"
+    ]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -100,4 +218,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # Run with -m this file is __main__, a second copy of the module: the VerifyError that onnx_export raises is
+    # nxm_lightning.sparsity.verify's, which this copy's `except VerifyError` would not catch. Run that module's main.
+    from nxm_lightning.sparsity.verify import main as module_main
+
+    sys.exit(module_main())
