@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
+from callbacks.progress_log import ProgressLogCallback
 from callbacks.rng_state import RNGStateCallback
 from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.module import SequenceClassificationModule
@@ -36,6 +37,8 @@ class NxMLightningCLI(LightningCLI):
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         # Always on: without RNG states in the checkpoint, a resumed run's dropout and shuffling would differ.
         parser.add_lightning_class_args(RNGStateCallback, "rng_state")
+        # Plain progress lines when stdout is a file (nohup, CI): the progress bar shows nothing there until fit ends.
+        parser.add_lightning_class_args(ProgressLogCallback, "progress_log")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/score",

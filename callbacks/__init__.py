@@ -3,7 +3,15 @@
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
 from callbacks.hard_prune import HardPruneCallback
 from callbacks.nxm_sparsify import NxMSparsifyCallback
+from callbacks.progress_log import ProgressLogCallback
 from callbacks.rng_state import RNGStateCallback
 from callbacks.save_pretrained import SavePretrainedCallback
 
-__all__ = ["BestAndLastCheckpoint", "HardPruneCallback", "NxMSparsifyCallback", "RNGStateCallback", "SavePretrainedCallback"]
+__all__ = [
+    "BestAndLastCheckpoint",
+    "HardPruneCallback",
+    "NxMSparsifyCallback",
+    "ProgressLogCallback",
+    "RNGStateCallback",
+    "SavePretrainedCallback",
+]

@@ -246,3 +246,24 @@ def test_only_the_projects_own_errors_are_shortened() -> None:
         NxMPattern.parse("4:2")
     except ValueError as err:
         assert cli.user_error_line(err).startswith("ValueError: Invalid N:M pattern '4:2'")
+
+
+def test_progress_lines_when_output_is_not_a_terminal(
+    tmp_path: Path, glue_dir: Path, tiny_bert: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Under pytest stdout is not a terminal, as under nohup or CI: the CLI prints plain progress lines that name the
+    phase (dense, then ADMM, then masked fine-tuning after the cut) and the last validation score."""
+    config = yaml.safe_load((cli.CONFIG_DIR / "glue.yaml").read_text())
+    sparsify, prune = config["trainer"]["callbacks"]
+    sparsify["init_args"].update(update_every=1, start_epoch=1, end_epoch=2, end_when_converged=False)
+    config["model"]["init_args"]["teacher_snapshot_epoch"] = 1
+    prune["init_args"]["export_dir"] = str(tmp_path / "export")
+    (tmp_path / "glue.yaml").write_text(yaml.safe_dump(config))
+    run_cli("fit", "--config", str(tmp_path / "glue.yaml"), *common_args(tmp_path, glue_dir, str(tiny_bert)),
+            "--trainer.max_epochs=3", "--progress_log.every_n_steps=2")  # fmt: skip
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[progress]")]
+    # 4 steps an epoch: a line at steps 2, 4, ... and one at each epoch end.
+    assert len(lines) == 6 + 3
+    assert lines[0].startswith("[progress] epoch 0/3, step 2/12, loss ") and "phase dense, val/score -" in lines[0]
+    assert "phase admm" in lines[3] and "phase masked" in lines[-1] and "end of epoch" in lines[-1]
+    assert "val/score -," not in lines[-1]  # a score by then
