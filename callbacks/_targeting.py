@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from typing import Any
+
+import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
 from nxm_lightning.sparsity.targets import TargetSpec
@@ -37,3 +40,19 @@ class TargetingCallback(Callback):
     @property
     def state_key(self) -> str:
         return self._generate_state_key(pattern=self.spec.pattern, include=self.spec.include)
+
+    def on_load_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        """Refuse a checkpoint whose state for this callback was saved under other targeting arguments.
+
+        Lightning matches a callback's saved state by ``state_key`` (the class, pattern and include), and silently
+        skips a state no callback claims: resuming with another ``pattern`` or ``include`` would drop the saved Z, U,
+        rho and masks and restart the method from the resumed weights.
+        """
+        saved = {key for key in checkpoint.get("callbacks", {}) if key.startswith(f"{type(self).__qualname__}{{")}
+        claimed = {callback.state_key for callback in trainer.callbacks}
+        if saved and self.state_key not in saved and saved - claimed:
+            raise ValueError(
+                f"This checkpoint's {type(self).__name__} state was saved with other targeting arguments "
+                f"({', '.join(sorted(saved - claimed))}) than this run's ({self.state_key}): its saved state would be "
+                "dropped. Resume with the same pattern and include, or start a new run without --ckpt_path."
+            )

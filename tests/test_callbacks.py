@@ -304,6 +304,17 @@ def test_resume_refuses_other_pattern(tmp_path: Path) -> None:
         toy_trainer(tmp_path, [other], max_epochs=2).fit(ToyModule(), toy_loader(), ckpt_path=tmp_path / "last.ckpt")
 
 
+@pytest.mark.parametrize("changed", [{"pattern": "1:4"}, {"include": [r"^net\.0$"]}])
+def test_resume_with_other_targeting_arguments_is_refused(tmp_path: Path, changed: dict) -> None:
+    """The state key holds the pattern and include: another of either used to drop the saved Z, U, rho and masks."""
+    first = NxMSparsifyCallback(pattern="2:4", include=INCLUDE, update_every=2)
+    toy_trainer(tmp_path, [first, ModelCheckpoint(dirpath=tmp_path, save_last=True)], max_epochs=1).fit(ToyModule(), toy_loader())
+    other = NxMSparsifyCallback(**{"pattern": "2:4", "include": INCLUDE, **changed}, update_every=2)
+    assert other.state_key != first.state_key
+    with pytest.raises(ValueError, match="state was saved with other targeting arguments .* Resume with the same pattern"):
+        toy_trainer(tmp_path, [other], max_epochs=2).fit(ToyModule(), toy_loader(), ckpt_path=tmp_path / "last.ckpt")
+
+
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
@@ -320,6 +331,8 @@ def test_resume_refuses_other_pattern(tmp_path: Path) -> None:
         ({"rho_factor": "fast"}, "rho_factor='fast' must be a number >= 1 or 'auto'"),
         ({"saliency": "size"}, "saliency"),
         ({"converged_flip_rate": 2.0}, "converged_flip_rate=2.0 must be in"),
+        ({"rho_max": float("nan")}, "rho_max=nan must be a positive finite number"),
+        ({"rho_factor": float("nan"), "rho_max": 0.5}, "rho_factor=nan must be a finite number >= 1"),
     ],
 )
 def test_sparsify_bad_arguments(kwargs: dict, message: str) -> None:

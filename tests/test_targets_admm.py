@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -49,6 +50,13 @@ def test_layer_width_not_multiple_of_m_warns_or_errors() -> None:
         assert [t.name for t in select_targets(model, include=[r"\d"])] == ["0"]
     with pytest.raises(ValueError, match="in_features=6"):
         select_targets(model, include=[r"\d"], strict=True)
+
+
+def test_a_pattern_whose_m_divides_no_width_says_so() -> None:
+    """Not "no Linear matched include": they matched, and each is too narrow for M (it used to say the former)."""
+    model = nn.Sequential(nn.Linear(8, 8), nn.Linear(8, 4))
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match=r"M does not divide.*0 \(in_features=8, 2:16\)"):
+        select_targets(model, "2:16", include=[r"\d"])
 
 
 def test_no_match_lists_candidates() -> None:
@@ -186,6 +194,12 @@ def test_bad_rho_values() -> None:
         ADMMState([], rho=1.5, penalty="decoupled")
     with pytest.raises(ValueError, match="rho_factor"):
         ADMMState([], rho=0.1, rho_factor=0.5)
+    # NaN compares False with every bound: it used to pass and diverge in training.
+    with pytest.raises(ValueError, match="rho_factor=nan must be a finite number >= 1"):
+        ADMMState([], rho=0.1, rho_factor=math.nan)
+    for rho_max in (math.nan, math.inf, 0.0):
+        with pytest.raises(ValueError, match=f"rho_max={rho_max} must be a positive finite number"):
+            ADMMState([], rho=0.01, rho_factor=1.5, rho_max=rho_max)
     with pytest.raises(ValueError, match="penalty"):
         ADMMState([], rho=0.1, penalty="sideways")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"saliency='size' is not one of \('magnitude', 'fisher'\)"):

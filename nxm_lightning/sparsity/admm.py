@@ -96,8 +96,10 @@ class ADMMState:
         check_saliency(saliency)
         if not (math.isfinite(rho) and rho > 0):
             raise ValueError(f"rho={rho} must be a positive finite number (the paper uses 1e-3 to 1e-2).")
-        if rho_factor < 1:
-            raise ValueError(f"rho_factor={rho_factor} must be >= 1 (1 keeps rho constant).")
+        if not (math.isfinite(rho_factor) and rho_factor >= 1):  # NaN compares False with everything
+            raise ValueError(f"rho_factor={rho_factor} must be a finite number >= 1 (1 keeps rho constant).")
+        if rho_max is not None and not (math.isfinite(rho_max) and rho_max > 0):
+            raise ValueError(f"rho_max={rho_max} must be a positive finite number (the cap of rho's growth), or null.")
         if penalty == "decoupled" and max(rho, rho_max or rho) >= 1:
             raise ValueError(
                 f"With penalty='decoupled', rho (={rho}) and rho_max (={rho_max}) are the fraction of (W - Z + U) "

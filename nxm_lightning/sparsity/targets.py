@@ -116,8 +116,9 @@ def select_targets(
         strict: a layer whose ``in_features`` is not a multiple of M is an error instead of a skipped layer.
 
     Raises:
-        ValueError: a bad pattern or regex, or no layer matched (the message lists the candidate Linear names and
-            the modules that matched ``include`` but are of a type that cannot be targeted).
+        ValueError: a bad pattern or regex; every matched layer too narrow for its pattern's M (the message lists
+            them); or no layer matched (the message lists the candidate Linear names and the modules that matched
+            ``include`` but are of a type that cannot be targeted).
     """
     default = NxMPattern.parse(pattern)
     overrides = [(re.compile(rx), NxMPattern.parse(p)) for rx, p in (pattern_overrides or {}).items()]
@@ -129,6 +130,7 @@ def select_targets(
 
     candidates = [(name, mod) for name, mod in model.named_modules() if isinstance(mod, TARGET_TYPES)]
     targets: list[Target] = []
+    too_narrow: list[str] = []  # chosen, but no multiple of M wide: skipped
     seen_weights: set[int] = set()
     for name, module in candidates:
         if not chosen(name) or id(module.weight) in seen_weights:
@@ -144,9 +146,16 @@ def select_targets(
             if strict:
                 raise ValueError(message + ". Exclude it or use a pattern whose M divides in_features.")
             warnings.warn(message + "; skipping it.", stacklevel=2)
+            too_narrow.append(f"{name} (in_features={in_features}, {target.pattern})")
             continue
         targets.append(target)
 
+    if not targets and too_narrow:
+        raise ValueError(
+            f"Every layer that include={list(include or DEFAULT_INCLUDE)} matched has an in_features that M does not "
+            f"divide, so none can be N:M: {', '.join(too_narrow[:8])}{' ...' if len(too_narrow) > 8 else ''}. Use a "
+            "pattern whose M divides the layers' widths (e.g. 2:4 for widths that are multiples of 4)."
+        )
     if not targets:
         names = ", ".join(name + (" (Conv1D)" if isinstance(mod, Conv1D) else "") for name, mod in candidates)
         untargetable = [
