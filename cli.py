@@ -11,6 +11,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
+from callbacks.finite_guard import FiniteGuardCallback
 from callbacks.rng_state import RNGStateCallback
 from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.module import SequenceClassificationModule
@@ -28,6 +29,8 @@ class NxMLightningCLI(LightningCLI):
         parser.add_lightning_class_args(BestAndLastCheckpoint, "checkpoint")
         # Always on: without RNG states in the checkpoint, a resumed run's dropout and shuffling would differ.
         parser.add_lightning_class_args(RNGStateCallback, "rng_state")
+        # Always on: a diverged fit stops before a checkpoint holds NaN, dense phase and dense configs included.
+        parser.add_lightning_class_args(FiniteGuardCallback, "finite_guard")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/score",

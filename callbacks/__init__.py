@@ -1,9 +1,17 @@
 """Lightning callbacks of nxm-lightning: ADMM sparsification and the hard prune that follows it."""
 
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
+from callbacks.finite_guard import FiniteGuardCallback
 from callbacks.hard_prune import HardPruneCallback
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from callbacks.rng_state import RNGStateCallback
 from callbacks.save_pretrained import SavePretrainedCallback
 
-__all__ = ["BestAndLastCheckpoint", "HardPruneCallback", "NxMSparsifyCallback", "RNGStateCallback", "SavePretrainedCallback"]
+__all__ = [
+    "BestAndLastCheckpoint",
+    "FiniteGuardCallback",
+    "HardPruneCallback",
+    "NxMSparsifyCallback",
+    "RNGStateCallback",
+    "SavePretrainedCallback",
+]

@@ -20,6 +20,7 @@ from typing import Any
 
 import torch
 
+from nxm_lightning.sparsity.finite import describe_non_finite, non_finite_names
 from nxm_lightning.sparsity.model_card import CARD, CardFacts, card_facts, render_model_card
 from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
 
@@ -102,6 +103,7 @@ def save_pretrained_atomic(
     model: Any, tokenizer: Any, export_dir: str | os.PathLike, extra_files: dict[str, str] | None = None
 ) -> Path:
     """``save_pretrained`` of model and tokenizer into a staging folder, moved into place only once complete."""
+    refuse_non_finite(model, export_dir)
     target = Path(export_dir).expanduser().resolve()
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
@@ -121,3 +123,14 @@ def save_pretrained_atomic(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
+
+
+def refuse_non_finite(model: Any, export_dir: str | os.PathLike) -> None:
+    """Refuse to export weights holding NaN or Inf: a diverged model must not replace a good export (or be served)."""
+    state = model.state_dict()
+    bad = non_finite_names(state)
+    if bad:
+        raise FloatingPointError(
+            f"Refusing to export to {export_dir}: NaN/Inf in {describe_non_finite(bad, len(state))} of the model: "
+            "training diverged. Lower the learning rate (or rho) and train again; the previous export is kept."
+        )
