@@ -15,6 +15,7 @@ from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
+from callbacks.finite_guard import FiniteGuardCallback
 from callbacks.progress_log import ProgressLogCallback
 from callbacks.rng_state import RNGStateCallback
 from nxm_lightning.tasks.data import GLUEDataModule
@@ -39,6 +40,8 @@ class NxMLightningCLI(LightningCLI):
         parser.add_lightning_class_args(RNGStateCallback, "rng_state")
         # Plain progress lines when stdout is a file (nohup, CI): the progress bar shows nothing there until fit ends.
         parser.add_lightning_class_args(ProgressLogCallback, "progress_log")
+        # Always on: a diverged fit stops before a checkpoint holds NaN, dense phase and dense configs included.
+        parser.add_lightning_class_args(FiniteGuardCallback, "finite_guard")
         parser.set_defaults(
             {
                 "checkpoint.monitor": "val/score",

@@ -1,6 +1,7 @@
 """Lightning callbacks of nxm-lightning: ADMM sparsification and the hard prune that follows it."""
 
 from callbacks.best_and_last_checkpoint import BestAndLastCheckpoint
+from callbacks.finite_guard import FiniteGuardCallback
 from callbacks.hard_prune import HardPruneCallback
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from callbacks.progress_log import ProgressLogCallback
@@ -9,6 +10,7 @@ from callbacks.save_pretrained import SavePretrainedCallback
 
 __all__ = [
     "BestAndLastCheckpoint",
+    "FiniteGuardCallback",
     "HardPruneCallback",
     "NxMSparsifyCallback",
     "ProgressLogCallback",

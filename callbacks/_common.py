@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from typing import Any
 
 import lightning.pytorch as pl
 import torch
@@ -43,15 +44,41 @@ def project_targets(targets: list[Target], masks: dict[str, torch.Tensor] | None
     return chosen
 
 
+# What to change when training diverges, by phase: rho only exists in the ADMM phase.
+DIVERGENCE_HINTS = {
+    "dense": "Lower the learning rate or clip gradients (trainer.gradient_clip_val)",
+    "ADMM": "Use a smaller rho or learning rate (or gradient clipping)",
+    "masked": "Lower the learning rate or clip gradients (trainer.gradient_clip_val)",
+}
+
+
+def non_finite_error(what: str, trainer: pl.Trainer, phase: str) -> FloatingPointError:
+    """The error that stops a diverged run: what went NaN/Inf, at which step and in which phase, and what to change.
+
+    Raised from hooks that run before the checkpoint of that step is written, so none holds the bad values.
+    """
+    hint = DIVERGENCE_HINTS[phase]
+    if trainer.precision == "16-true":
+        hint = (
+            "Train in '16-mixed' or 'bf16-mixed', not '16-true' (Adam's eps (1e-8) is 0 in fp16: a weight whose gradient "
+            f"is zero turns NaN at its first step). Otherwise, {hint[0].lower()}{hint[1:]}"
+        )
+    return FloatingPointError(
+        f"Non-finite values (NaN/Inf) {what} at global step {trainer.global_step}, in the {phase} phase: training "
+        f"diverged. {hint}, then restart from the last good checkpoint. No checkpoint was written with these values."
+    )
+
+
+def step_loss(outputs: Any) -> torch.Tensor | None:
+    """The loss in ``on_train_batch_end``'s ``outputs`` (a dict with "loss" or the tensor itself), or None."""
+    loss = outputs.get("loss") if isinstance(outputs, Mapping) else outputs
+    return loss if isinstance(loss, torch.Tensor) else None
+
+
 def raise_if_non_finite(layer: str | None, trainer: pl.Trainer, when: str) -> None:
     """Stop the run (before any checkpoint is written with the bad weights) when ADMM state went NaN/Inf."""
-    if layer is None:
-        return
-    raise FloatingPointError(
-        f"Non-finite values (NaN/Inf) {when} in layer {layer!r} at global step {trainer.global_step}: training "
-        "diverged. Use a smaller rho or learning rate (or gradient clipping), then restart from the last good "
-        "checkpoint. No checkpoint was written with these weights."
-    )
+    if layer is not None:
+        raise non_finite_error(f"{when} in layer {layer!r}", trainer, "ADMM")
 
 
 SHARDED_STRATEGIES = ("FSDPStrategy", "DeepSpeedStrategy", "ModelParallelStrategy")

@@ -13,11 +13,13 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import (
     log_now,
+    non_finite_error,
     optimizer_stepped,
     project_targets,
     raise_if_non_finite,
     refuse_sharded_strategy,
     restore_weights,
+    step_loss,
 )
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
@@ -257,9 +259,10 @@ class NxMSparsifyCallback(TargetingCallback):
             self._maybe_start(trainer)
             return
         assert self.admm is not None
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
-        if isinstance(loss, torch.Tensor) and not bool(torch.isfinite(loss).all()):
-            raise_if_non_finite(self.admm.non_finite_layer() or "(none of the weights: the loss)", trainer, "in the loss")
+        loss = step_loss(outputs)
+        if loss is not None and not bool(torch.isfinite(loss).all()):
+            layer = self.admm.non_finite_layer()
+            raise non_finite_error("in the training loss" + (f" and in layer {layer!r}" if layer else ""), trainer, "ADMM")
         if self.admm.penalty == "decoupled":
             self.admm.apply_decoupled_pull()
         if self.update_every is None:

@@ -112,6 +112,33 @@ def text_loader(tokenizer: Path, n: int = 16, batch_size: int = 4, regression: b
     return DataLoader(rows, batch_size=batch_size, shuffle=shuffle, collate_fn=DataCollatorWithPadding(tokenizer))
 
 
+STSB_HEADER = "index\tgenre\tfilename\tyear\told_index\tsource1\tsource2\tsentence1\tsentence2\tscore\n"
+
+
+def stsb_rows(scores: list[str]) -> str:
+    """STS-B rows in the glue_data format, one per score (given as the file's text)."""
+    row = "{i}\tmain\tf\t2012\t{i}\tnone\tnone\tA man {i} walks{more}.\tSomeone {i} moves.\t{score}\n"
+    return "".join(row.format(i=i, more=" far" * (i % 5), score=score) for i, score in enumerate(scores))
+
+
+def write_stsb(root: Path, train_scores: list[str], dev_size: int = 8) -> Path:
+    """A GLUE folder holding STS-B only: a train.tsv with these scores and a dev.tsv of ``dev_size`` good rows."""
+    (root / "STS-B").mkdir(parents=True)
+    (root / "STS-B" / "train.tsv").write_text(STSB_HEADER + stsb_rows(train_scores))
+    (root / "STS-B" / "dev.tsv").write_text(STSB_HEADER + stsb_rows([f"{i % 6}.0" for i in range(dev_size)]))
+    return root
+
+
+def assert_checkpoints_finite(folder: Path, at_least: int) -> None:
+    """Every .ckpt under ``folder`` loads with weights_only=True and holds no NaN/Inf weight, and there are some."""
+    paths = sorted(folder.rglob("*.ckpt"))
+    assert len(paths) >= at_least, paths
+    for path in paths:
+        state = torch.load(path, map_location="cpu", weights_only=True)["state_dict"]
+        bad = [name for name, tensor in state.items() if not bool(torch.isfinite(tensor).all())]
+        assert not bad, f"{path.name}: {bad}"
+
+
 class Killed(Exception):
     """Raised by :class:`KillAfter` in place of a real kill."""
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import assert_checkpoints_finite, write_stsb
 
 import cli
 from nxm_lightning.sparsity.nxm import is_nxm
@@ -267,3 +269,55 @@ def test_progress_lines_when_output_is_not_a_terminal(
     assert lines[0].startswith("[progress] epoch 0/3, step 2/12, loss ") and "phase dense, val/score -" in lines[0]
     assert "phase admm" in lines[3] and "phase masked" in lines[-1] and "end of epoch" in lines[-1]
     assert "val/score -," not in lines[-1]  # a score by then
+
+
+# 32 training rows of good STS-B scores: 4 optimizer steps an epoch at the common batch size of 8.
+GOOD_SCORES = [f"{i % 5}.{i % 10}" for i in range(32)]
+
+
+@pytest.mark.parametrize(
+    ("diverge", "hint", "steps_saved"),
+    [
+        (["--model.init_args.learning_rate=1e30"], r"in the training loss .* Lower the learning rate", 1),
+        (["--trainer.precision=16-true"], r"in the weights .* Train in '16-mixed' or 'bf16-mixed', not '16-true'", 0),
+    ],
+    ids=["learning_rate_1e30", "fp16_weights"],
+)
+def test_a_dense_fit_that_diverges_stops_before_a_checkpoint_or_export_holds_nan(
+    diverge: list[str], hint: str, steps_saved: int, tmp_path: Path, tiny_bert: Path
+) -> None:
+    """The dense config has no sparsity callback: the guard the CLI always adds stops it, naming the dense phase and
+    no rho. ``16-true`` turns every weight whose gradient is zero (unused embedding rows) NaN at the first step."""
+    glue = write_stsb(tmp_path / "glue", GOOD_SCORES)
+    export = tmp_path / "dense"
+    args = [*common_args(tmp_path, glue, str(tiny_bert)), "--model.init_args.warmup_ratio=0", "--trainer.max_epochs=2",
+            "--checkpoint.every_n_train_steps=1", "--checkpoint.monitor=null", "--checkpoint.save_top_k=-1",
+            f"--trainer.callbacks.init_args.export_dir={export}"]  # fmt: skip
+    with pytest.raises(FloatingPointError, match=r"Non-finite values \(NaN/Inf\) in the .* in the dense phase") as error:
+        run_cli("fit", "--config", "glue_dense.yaml", *args, *diverge)
+    assert re.search(hint, str(error.value)) and "rho" not in str(error.value)
+    assert_checkpoints_finite(tmp_path / "runs", at_least=steps_saved)  # those of the steps before, if any
+    assert not export.exists()
+
+
+@pytest.mark.parametrize(
+    ("scores", "args", "message"),
+    [
+        ([*GOOD_SCORES[:5], "nan", *GOOD_SCORES[6:]], [], r"STS-B/train.tsv, line 7: label 'nan' is out of range for task "
+                                                             r"'stsb': expected a number from 0 to 5"),
+        (GOOD_SCORES, ["--data.max_seq_length=512"], "max_seq_length=512 is more than the 128 positions the model"),
+    ],
+    ids=["nan_score", "max_seq_length"],
+)  # fmt: skip
+def test_bad_data_from_the_command_line_is_one_line_before_training(
+    scores: list[str], args: list[str], message: str, tmp_path: Path, tiny_bert: Path
+) -> None:
+    glue = write_stsb(tmp_path / "glue", scores)
+    command = [sys.executable, "cli.py", "fit", "--config", "glue_dense.yaml", *common_args(tmp_path, glue, str(tiny_bert)),
+               f"--trainer.callbacks.init_args.export_dir={tmp_path / 'dense'}", *args]  # fmt: skip
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 1, result.stderr[-3000:]
+    error_lines = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(error_lines) == 1 and re.search(message, error_lines[0]), result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    assert not list((tmp_path / "runs").rglob("*.ckpt")) and not (tmp_path / "dense").exists()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import write_stsb
 from transformers import AutoConfig, BertForSequenceClassification
 
 from nxm_lightning.tasks.data import GLUEDataModule
@@ -201,3 +202,54 @@ def test_files_as_users_have_them(task_name: str, variant: str, tiny_bert: Path,
         assert train["label"] == pytest.approx([0.5, 3.25, 5.0])
     else:
         assert train["label"] == [i % task.num_labels for i in range(3)]
+
+
+@pytest.mark.parametrize("score", ["nan", "NaN", "inf", "-inf", "50", "-0.5", "five"])
+def test_stsb_score_that_is_not_finite_or_outside_0_to_5_names_file_and_line(score: str, tmp_path: Path, tiny_bert: Path) -> None:
+    """float() takes 'nan' and 'inf': such a score trained the model to NaN weights, and 50 to nonsense."""
+    root = write_stsb(tmp_path, ["1.0", "2.5", score])
+    with pytest.raises(ValueError, match=rf"STS-B/train.tsv, line 4: label '{score}' is out of range for task 'stsb': "
+                                         r"expected a number from 0 to 5\. Fix or remove that line\."):  # fmt: skip
+        GLUEDataModule("stsb", str(tiny_bert), data_dir=str(root)).setup("fit")
+
+
+@pytest.mark.parametrize("blank", ["\n", "   \n", "\r\n"])
+def test_a_bad_label_after_blank_lines_is_reported_at_its_own_line(blank: str, tmp_path: Path, tiny_bert: Path) -> None:
+    """The reader skips blank lines; the line given is still the file's (it was one too small per blank line)."""
+    text = "index\tsentence1\tsentence2\tlabel\n" + blank + "0\ta\tb\tentailment\n" + blank + "1\tc\td\tmaybe\n"
+    root = write_task(tmp_path, "RTE", {"train.tsv": text, "dev.tsv": text})
+    with pytest.raises(ValueError, match=r"RTE/train.tsv, line 5: label 'maybe'"):
+        GLUEDataModule("rte", str(tiny_bert), data_dir=str(root)).setup("fit")
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", r"GLUE file .*/SST-2/train.tsv is empty"),
+        (b"\n\n", r"GLUE file .*/SST-2/train.tsv is empty"),
+        (b"sentence\tlabel\n", r"GLUE file .*/SST-2/train.tsv has a header line \(sentence, label\) but no data rows"),
+        (b"sentence\tlabel\nfine\t1\nd\xe9j\xe0 vu\t1\n", r"GLUE file .*/SST-2/train.tsv, line 3: not UTF-8 text"),
+        (b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\x03", r"GLUE file .*/SST-2/train.tsv, line 1: not UTF-8 text"),
+        (b"sentence\tlabel\nfine\t1\n\x00\x00\x00\t1\n", r"GLUE file .*/SST-2/train.tsv, line 3: not UTF-8 text"),
+    ],
+    ids=["empty", "blank_lines_only", "header_only", "latin1", "gzip", "nul_bytes"],
+)
+def test_an_unreadable_data_file_is_named(content: bytes, message: str, tmp_path: Path, tiny_bert: Path) -> None:
+    root = write_task(tmp_path, "SST-2", {"dev.tsv": "sentence\tlabel\nfine film\t1\n"})
+    (root / "SST-2" / "train.tsv").write_bytes(content)
+    with pytest.raises(ValueError, match=message):
+        GLUEDataModule("sst2", str(tiny_bert), data_dir=str(root)).setup("fit")
+
+
+def test_max_seq_length_beyond_the_models_positions_is_refused_at_setup(glue_dir: Path, tiny_bert: Path) -> None:
+    """The tiny BERT embeds 128 positions: a batch of 129 tokens would crash mid-epoch in the embeddings."""
+    import lightning.pytorch as pl
+
+    dm = GLUEDataModule("rte", str(tiny_bert), data_dir=str(glue_dir), max_seq_length=256, max_train_samples=8,
+                        max_eval_samples=8)  # fmt: skip
+    module = SequenceClassificationModule(str(tiny_bert), "rte")
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False)  # fmt: skip
+    with pytest.raises(ValueError, match=r"max_seq_length=256 is more than the 128 positions the model .* can embed"):
+        trainer.fit(module, dm)
+    assert trainer.global_step == 0

@@ -7,14 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ToyModule, toy_loader, toy_trainer
+from conftest import ToyModule, assert_checkpoints_finite, toy_loader, toy_trainer
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from lightning.pytorch.loggers import TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from callbacks import HardPruneCallback, NxMSparsifyCallback
+from callbacks import FiniteGuardCallback, HardPruneCallback, NxMSparsifyCallback
 from nxm_lightning.sparsity.admm import ADMMState
+from nxm_lightning.sparsity.export import save_pretrained_atomic
 from nxm_lightning.sparsity.targets import select_targets
 from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.module import SequenceClassificationModule
@@ -42,6 +43,63 @@ def test_nan_stops_the_run_naming_the_layer_and_no_checkpoint_keeps_it(tmp_path:
         trainer.fit(ToyModule(), toy_loader())
     saved = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(bool(torch.isfinite(t).all()) for t in saved["state_dict"].values())
+
+
+class NaNLossAt(ToyModule):
+    """A toy model whose training loss turns NaN from optimizer step ``step`` on (a NaN label, an overflow)."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__()
+        self.nan_step = step
+
+    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        loss = super().training_step(batch, batch_idx)
+        return loss * float("nan") if self.global_step >= self.nan_step else loss
+
+
+PHASES = {
+    "dense": ("dense", list),
+    # the shipped configs: a dense phase first, the sparsifier waiting for its start step
+    "dense_before_admm": ("dense", lambda: [NxMSparsifyCallback(pattern="2:4", include=INCLUDE, update_every=2, start_step=8)]),
+    "admm": ("ADMM", lambda: [NxMSparsifyCallback(pattern="2:4", include=INCLUDE, update_every=2)]),
+    "masked": ("masked", lambda: [HardPruneCallback(pattern="2:4", include=INCLUDE, backend="masked")]),
+}
+
+
+@pytest.mark.parametrize("case", list(PHASES))
+def test_a_non_finite_loss_stops_the_fit_in_every_phase_before_a_checkpoint(case: str, tmp_path: Path) -> None:
+    phase, sparsity_callbacks = PHASES[case]
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, save_last=True)
+    trainer = toy_trainer(tmp_path, [*sparsity_callbacks(), FiniteGuardCallback(), checkpoint])
+    with pytest.raises(FloatingPointError, match=rf"in the training loss.* at global step 4, in the {phase} phase") as error:
+        trainer.fit(NaNLossAt(step=3), toy_loader())
+    assert ("rho" in str(error.value)) == (phase == "ADMM")  # rho is no hint outside the ADMM phase
+    assert_checkpoints_finite(tmp_path, at_least=4)  # steps 1 to 3 and last.ckpt
+
+
+@pytest.mark.parametrize("weights_only", [False, True])
+def test_non_finite_weights_with_a_finite_loss_never_reach_a_checkpoint(weights_only: bool, tmp_path: Path) -> None:
+    """An update that overflows leaves the loss of its step finite: the weights are checked before each checkpoint
+    (every batch when ModelCheckpoint saves weights only, since then no callback sees the save)."""
+    checkpoint = ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=1, save_top_k=-1, save_weights_only=weights_only)
+    trainer = toy_trainer(tmp_path, [PoisonWeight(step=2), FiniteGuardCallback(), checkpoint])
+    with pytest.raises(FloatingPointError, match=r"in the weights \(1 of 6 tensors \('net.2.weight'\)\) at global step 2, "
+                                                 r"in the dense phase: training diverged\. Lower the learning rate"):  # fmt: skip
+        trainer.fit(ToyModule(), toy_loader())
+    assert_checkpoints_finite(tmp_path, at_least=1)
+
+
+def test_an_export_of_non_finite_weights_is_refused_and_the_previous_one_kept(tmp_path: Path, tiny_bert: Path) -> None:
+    model = SequenceClassificationModule(str(tiny_bert), "stsb").model
+    target = save_pretrained_atomic(model, None, tmp_path / "export")
+    before = (target / "model.safetensors").read_bytes()
+    with torch.no_grad():
+        model.classifier.weight.fill_(float("inf"))
+    with pytest.raises(
+        FloatingPointError, match=r"Refusing to export to .*export: NaN/Inf in 1 of \d+ tensors \('classifier.weight'\)"
+    ):
+        save_pretrained_atomic(model, None, target)
+    assert (target / "model.safetensors").read_bytes() == before
 
 
 def test_checkpoints_load_with_weights_only(tmp_path: Path) -> None:

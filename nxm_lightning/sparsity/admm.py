@@ -30,8 +30,9 @@ from typing import Literal
 
 import torch
 
+from nxm_lightning.sparsity.finite import all_finite
 from nxm_lightning.sparsity.nxm import nxm_mask
-from nxm_lightning.sparsity.saliency import Saliency, all_finite, check_saliency, fisher_saliency
+from nxm_lightning.sparsity.saliency import Saliency, check_saliency, fisher_saliency
 from nxm_lightning.sparsity.targets import Target
 
 PenaltyMode = Literal["gradient", "decoupled"]

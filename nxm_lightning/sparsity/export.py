@@ -24,6 +24,7 @@ from typing import Any
 
 import torch
 
+from nxm_lightning.sparsity.finite import describe_non_finite, non_finite_names
 from nxm_lightning.sparsity.model_card import CARD, CardFacts, card_facts, is_our_model_card, render_model_card
 from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
 
@@ -137,6 +138,7 @@ def save_pretrained_atomic(
     training too, but a folder of someone else's may have appeared there since), and checked again just before a
     previous export is moved aside, since one may also appear while the files are written.
     """
+    refuse_non_finite(model, export_dir)
     target = check_export_target(export_dir)
     target.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.partial-", dir=target.parent))
@@ -236,3 +238,14 @@ def _refuse_uncreatable(target: Path) -> None:
     raise ValueError(
         f"export_dir {target} cannot be written: {problem}. Choose another export_dir, or fix that folder's permissions."
     )
+
+
+def refuse_non_finite(model: Any, export_dir: str | os.PathLike) -> None:
+    """Refuse to export weights holding NaN or Inf: a diverged model must not replace a good export (or be served)."""
+    state = model.state_dict()
+    bad = non_finite_names(state)
+    if bad:
+        raise FloatingPointError(
+            f"Refusing to export to {export_dir}: NaN/Inf in {describe_non_finite(bad, len(state))} of the model: "
+            "training diverged. Lower the learning rate (or rho) and train again; the previous export is kept."
+        )

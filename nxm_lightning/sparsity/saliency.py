@@ -7,11 +7,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from typing import Literal
 
 import torch
 
+from nxm_lightning.sparsity.finite import all_finite
 from nxm_lightning.sparsity.nxm import nxm_mask
 from nxm_lightning.sparsity.targets import Target
 
@@ -34,12 +34,6 @@ def fisher_saliency(fisher: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
     if scale <= 0:
         return value
     return (fisher / scale + 1e-12) * value.square()
-
-
-def all_finite(tensors: Iterable[torch.Tensor]) -> bool:
-    """Whether no tensor holds a NaN or Inf (one device sync for all of them)."""
-    flags = [torch.isfinite(tensor).all() for tensor in tensors]
-    return not flags or bool(torch.stack(flags).all())
 
 
 class SquaredGradientSum:

@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
+import math
 import os
+import re
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -244,41 +248,90 @@ class GLUEDataModule(pl.LightningDataModule):
         return {"task_name": self.task.name}
 
 
-def _check_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[str, ...]:
-    """Column names of a GLUE TSV, after checking every row has that many fields (else: file and line)."""
-    with open(path, encoding="utf-8-sig", newline="") as handle:
-        header = None if columns else handle.readline().rstrip("\r\n").split("\t")
-        names = tuple(columns or header or ())
-        first_line = 1 if columns else 2
-        for line_no, line in enumerate(handle, start=first_line):
-            fields = line.rstrip("\r\n").count("\t") + 1
-            if fields != len(names) and line.strip():
+def _lines(path: Path) -> Iterator[tuple[int, list[str]]]:
+    """The 1-based line number and tab-separated fields of each line that pandas reads as a row (the header included).
+
+    As ``pandas.read_csv`` does, lines of spaces only are skipped and ``\\r``, ``\\n`` or ``\\r\\n`` ends a line,
+    so that the numbers given here are the file's own. Bytes that are not UTF-8, and NUL (a binary file), are refused
+    with the line they are on.
+    """
+    with open(path, encoding="utf-8-sig", errors="surrogateescape", newline="") as handle:
+        for line_no, line in enumerate(handle, start=1):
+            if _NOT_TEXT.search(line):
                 raise ValueError(
-                    f"Malformed GLUE file {path}, line {line_no}: {fields} tab-separated fields, expected "
-                    f"{len(names)} ({', '.join(names)}). Fix or remove that line."
+                    f"GLUE file {path}, line {line_no}: not UTF-8 text (a binary file, or another encoding). GLUE files "
+                    "are UTF-8 tab-separated text: convert it to UTF-8 (e.g. iconv -t utf-8) or point data_dir at the "
+                    "glue_data folder."
                 )
+            text = line.rstrip("\r\n")
+            if text.strip(" "):
+                yield line_no, text.split("\t")
+
+
+# What errors="surrogateescape" makes of bytes that are not UTF-8, and NUL, which no text file holds.
+_NOT_TEXT = re.compile("[\udc80-\udcff\x00]")
+
+
+def _check_tsv(path: Path, columns: tuple[str, ...] | None) -> tuple[str, ...]:
+    """Column names of a GLUE TSV, after checking it has data rows and every row has that many fields (else: the file,
+    the line and what to fix), so that no bad file reaches the ``datasets`` reader, whose errors name neither."""
+    lines = _lines(path)
+    if columns:
+        names = columns
+    else:
+        _, header = next(lines, (0, []))
+        names = tuple(header)
+    rows = 0
+    for line_no, fields in lines:
+        if len(fields) != len(names):
+            raise ValueError(
+                f"Malformed GLUE file {path}, line {line_no}: {len(fields)} tab-separated fields, expected "
+                f"{len(names)} ({', '.join(names)}). Fix or remove that line."
+            )
+        rows += 1
+    if not rows:
+        what = "is empty" if columns or not names else f"has a header line ({', '.join(names)}) but no data rows"
+        raise ValueError(f"GLUE file {path} {what}: restore it from the glue_data download, or point data_dir elsewhere.")
     return names
 
 
+def _row_line(path: Path, index: int, has_header: bool) -> int:
+    """The file's line number of data row ``index`` (0-based, as ``datasets`` numbers them): blank lines counted."""
+    lines = (line_no for line_no, _ in _lines(path))
+    return next(itertools.islice(lines, index + has_header, None))
+
+
 class _LabelParser:
-    """Map label strings to ids (or floats for regression); a bad label names the file and the line."""
+    """Map label strings to ids (or floats for regression); a bad label names the file, the line and what is valid."""
 
     def __init__(self, task: GlueTask, path: str) -> None:
         self.task, self.path = task, path
 
     def __call__(self, batch: dict[str, list], indices: list[int]) -> dict[str, list]:
-        labels = []
-        for index, raw in zip(indices, batch["label"]):
-            value = raw.strip()
+        return {"label": [self._parse(raw, index) for index, raw in zip(indices, batch["label"])]}
+
+    def _parse(self, raw: str, index: int) -> float | int:
+        value = raw.strip()
+        task = self.task
+        if not task.is_regression:
+            if value in task.label_names:
+                return task.label_names.index(value)
+            valid = f"one of {list(task.label_names)}"
+        else:
+            low, high = task.label_range
             try:
-                labels.append(float(value) if self.task.is_regression else self.task.label_names.index(value))
+                number = float(value)
             except ValueError:
-                valid = "a number" if self.task.is_regression else f"one of {list(self.task.label_names)}"
-                raise ValueError(
-                    f"{self.path}, line {index + (2 if self.task.has_header else 1)}: label {raw!r} is out of range for task "
-                    f"{self.task.name!r}: expected {valid}."
-                ) from None
-        return {"label": labels}
+                number = math.nan
+            # float() takes "nan" and "inf": a NaN label trains the model to NaN weights.
+            if math.isfinite(number) and low <= number <= high:
+                return number
+            valid = f"a number from {low:g} to {high:g}"
+        line = _row_line(Path(self.path), index, task.has_header)
+        raise ValueError(
+            f"{self.path}, line {line}: label {raw!r} is out of range for task {task.name!r}: expected {valid}. "
+            "Fix or remove that line."
+        )
 
 
 class _Tokenize:

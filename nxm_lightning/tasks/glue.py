@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 
@@ -22,6 +23,7 @@ class GlueTask:
     hub_validation_splits: tuple[str, ...] = ("validation",)
     hub_test_split: str = "test"
     local_test_file: str = "test.tsv"
+    label_range: tuple[float, float] = (-math.inf, math.inf)  # regression: the valid scores (finite either way)
 
     @property
     def num_labels(self) -> int:
@@ -50,7 +52,7 @@ GLUE_TASKS: dict[str, GlueTask] = {
         ),
         GlueTask(
             "stsb", "STS-B", ("sentence1", "sentence2"), ("sentence1", "sentence2"), "score", (),
-            ("pearson", "spearman"),
+            ("pearson", "spearman"), label_range=(0.0, 5.0),
         ),
         GlueTask(
             "mnli", "MNLI", ("premise", "hypothesis"), ("sentence1", "sentence2"), "gold_label",

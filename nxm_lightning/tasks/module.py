@@ -79,6 +79,18 @@ class SequenceClassificationModule(pl.LightningModule):
         # from_pretrained returns eval mode, and Lightning keeps submodule modes: without this, no dropout in fit.
         return model.train()
 
+    def setup(self, stage: str) -> None:
+        """Refuse a ``max_seq_length`` longer than the model's position table now: the first batch that long would
+        otherwise stop the run mid-epoch with an index error deep inside the embeddings."""
+        length = getattr(self.trainer.datamodule, "max_seq_length", None)
+        limit = position_limit(self.model)
+        if length is not None and limit is not None and length > limit:
+            raise ValueError(
+                f"max_seq_length={length} is more than the {limit} positions the model "
+                f"{self.hparams.model_name_or_path} can embed (max_position_embeddings): set data.max_seq_length to "
+                f"{limit} or less."
+            )
+
     def forward(self, **inputs: torch.Tensor) -> Any:
         return self.model(**inputs)
 
@@ -188,3 +200,13 @@ class SequenceClassificationModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         scheduler = get_linear_schedule_with_warmup(optimizer, int(self.hparams.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def position_limit(model: nn.Module) -> int | None:
+    """The longest input ``model`` can embed: the size of its absolute position table (less RoBERTa's padding
+    offset, whose positions start after ``padding_idx``), or None when it has none (relative or rotary positions)."""
+    for name, module in model.named_modules():
+        if isinstance(module, nn.Embedding) and name.endswith(("position_embeddings", "wpe")):
+            offset = module.padding_idx + 1 if module.padding_idx is not None else 0
+            return module.num_embeddings - offset
+    return None
