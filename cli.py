@@ -7,6 +7,7 @@ import os
 import re
 import signal
 import sys
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +60,26 @@ class NxMLightningCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if self.subcommand == "fit":
             resolve_last_checkpoint(self.config["fit"])
+        check_checkpoint_file(self.config[self.subcommand].get("ckpt_path"))
+
+
+def check_checkpoint_file(ckpt_path: str | None) -> None:
+    """Refuse a ``--ckpt_path`` file that cannot be a checkpoint, before any model is built.
+
+    ``torch.save`` writes a zip archive; anything else (a truncated copy, random bytes, a wrong file) would fail deep
+    in ``torch.load`` with an unpickling traceback whose advice, ``weights_only=False``, runs arbitrary code.
+    Lightning's names (``last``, ``best``, ``hpc``, registry paths) are left to Lightning.
+    """
+    if ckpt_path is None or ckpt_path in ("last", "best", "hpc") or not ckpt_path.endswith(".ckpt"):
+        return
+    path = Path(ckpt_path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"--ckpt_path {ckpt_path}: no such file. Give a .ckpt written by a fit, or 'last'.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(
+            f"--ckpt_path {ckpt_path} is not a PyTorch checkpoint (not a zip archive: truncated, corrupt or another "
+            "kind of file). Use another checkpoint of the run (e.g. a best-*.ckpt beside it), or leave --ckpt_path out."
+        )
 
 
 def resolve_last_checkpoint(fit: Namespace) -> None:
