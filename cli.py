@@ -265,7 +265,8 @@ def run() -> None:
         line = user_error_line(err)
         if line is None or os.environ.get("NXM_TRACEBACK"):
             raise
-        sys.exit(f"error: {line}\n(set NXM_TRACEBACK=1 for the full traceback)")
+        print(f"error: {line}\n(set NXM_TRACEBACK=1 for the full traceback)", file=sys.stderr)
+        sys.exit(2 if isinstance(err, argparse.ArgumentError) else 1)  # 2: a usage error, as argparse exits
 
 
 if __name__ == "__main__":

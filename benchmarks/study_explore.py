@@ -42,7 +42,7 @@ from glue_study import (
     run_options,
     task_options,
 )
-from study_report import TASKS, fmt_difference, load_records, table_head
+from study_report import TASKS, fmt_difference, load_records, plt, table_head, write_results
 
 EXPLORATIONS = REPO / "benchmarks" / "records" / "study_exploration"
 BUDGETS = ("paper", "short")
@@ -230,6 +230,133 @@ def report_lines(variant: str, records: list[dict[str, Any]], budget: str = "pap
     return lines
 
 
+# The goals of issue 27 at the paper budget, on the 4-task average: the best 2:4 method >= dense - 0.5, and nxm with a
+# distillation recipe >= asp with the same recipe + 0.5.
+DENSE_MARGIN = -0.5
+PAIR_MARGIN = 0.5
+
+
+def family_runs(records: list[dict[str, Any]], budget: str) -> dict[str, dict[str, dict[int, float]]]:
+    """``{run kind: {task: {seed: best score - its dense start}}}`` of sparse records at ``budget``; a
+    record without its dense start (older code) is measured against its task's dense record."""
+    dense = {r["task"]: r["metrics"]["best_score"] for r in records if r["budget"] is None}
+    runs: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    for record in records:
+        if record["budget"] == budget:
+            start = record.get("dense_start_score", dense.get(record["task"]))
+            kind = record.get("variant") or record["method"]
+            runs[kind][record["task"]][record["seed"]] = record["metrics"]["best_score"] - start
+    return runs
+
+
+def kind_order(kinds: list[str]) -> list[str]:
+    """asp's kinds first, then nxm's; within each the plain method, its logit-KD partner, then the recipes by name."""
+    return sorted(kinds, key=lambda k: (not k.startswith("asp"), k not in ("asp", "nxm"), k not in ("asp_kd", "nxm_kd"), k))
+
+
+def family_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
+    """The difference from dense per task and on the 4-task average, paired nxm_<x> - asp_<x>, and the goals."""
+    runs = family_runs(records, budget)
+    if not runs:
+        return [f"No finished run at the {budget} budget yet.", ""]
+    lines = ["Difference from dense per task (each run's best dev score minus that of the dense model it started "
+             "from; mean ± seed spread, n seeds):", ""]  # fmt: skip
+    lines += table_head("run", *TASKS.values(), "4-task average")
+    averages: dict[str, float] = {}
+    for kind in kind_order(list(runs)):
+        cells = [fmt_difference(list(runs[kind].get(task, {}).values())) for task in TASKS]
+        complete = all(runs[kind].get(task) for task in TASKS)
+        if complete:
+            averages[kind] = statistics.mean(statistics.mean(runs[kind][task].values()) for task in TASKS)
+        lines.append(f"| {kind} | " + " | ".join(cells) + f" | {f'{averages[kind]:+.2f}' if complete else '-'} |")
+    recipes = sorted({kind.removeprefix("nxm_") for kind in runs if kind.startswith("nxm_")} & set(FEATURE_KD_RECIPES))
+    if recipes:
+        lines += ["", "nxm_<x> - asp_<x> (same recipe, same seed, same dense start):", ""]
+        lines += table_head("recipe", *TASKS.values())
+        for recipe in recipes:
+            ours, theirs = runs.get(f"nxm_{recipe}", {}), runs.get(f"asp_{recipe}", {})
+            cells = [fmt_difference([ours[t][s] - theirs[t][s] for s in ours.get(t, {}) if s in theirs.get(t, {})])
+                     for t in TASKS]  # fmt: skip
+            lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
+    if budget == "paper":
+        lines += ["", "Goals (issue 27, 4-task average, paper budget):", ""]
+        if averages:
+            best = max(averages, key=averages.get)
+            verdict = "met" if averages[best] >= DENSE_MARGIN else "missed"
+            lines.append(f"- best 2:4 run >= dense {DENSE_MARGIN:+.1f}: {verdict} ({best}: {averages[best]:+.2f})")
+        else:
+            lines.append(f"- best 2:4 run >= dense {DENSE_MARGIN:+.1f}: not measured yet (no run has all four tasks)")
+        for recipe in recipes or ["<x>"]:
+            ours, theirs = averages.get(f"nxm_{recipe}"), averages.get(f"asp_{recipe}")
+            if ours is None or theirs is None:
+                lines.append(f"- nxm_{recipe} >= asp_{recipe} + {PAIR_MARGIN}: not measured yet (needs all four tasks)")
+            else:
+                verdict = "met" if ours - theirs >= PAIR_MARGIN else "missed"
+                lines.append(f"- nxm_{recipe} >= asp_{recipe} + {PAIR_MARGIN}: {verdict} ({ours - theirs:+.2f})")
+    return [*lines, ""]
+
+
+def plot_family(family_name: str, records: list[dict[str, Any]], budget: str, path: Path) -> bool:
+    """Each run kind's difference from dense per task: one dot per seed, a bar at their mean; 0 and the goal's -0.5
+    drawn. False (no file) when the budget has no run."""
+    runs = family_runs(records, budget)
+    if not runs:
+        return False
+    kinds = kind_order(list(runs))
+    fig, ax = plt.subplots(figsize=(max(7.0, 1.2 * len(kinds) + 3), 4.5))
+    width = 0.8 / len(kinds)
+    for i, kind in enumerate(kinds):
+        for j, task in enumerate(TASKS):
+            values = list(runs[kind].get(task, {}).values())
+            if not values:
+                continue
+            x = j + (i - (len(kinds) - 1) / 2) * width
+            ax.scatter([x] * len(values), values, s=12, color=f"C{i}", label=kind)
+            ax.hlines(statistics.mean(values), x - width / 2.5, x + width / 2.5, color=f"C{i}", linewidth=2)
+    handles, labels = ax.get_legend_handles_labels()
+    unique = dict(zip(labels, handles))
+    ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
+    ax.axhline(0, color="black", linewidth=0.8)
+    ax.axhline(DENSE_MARGIN, color="gray", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(TASKS)), [TASKS[t].split(" ")[0] for t in TASKS])
+    ax.set_ylabel("best dev score - dense start (GLUE points)")
+    ax.set_title(f"{family_name}, {budget} budget: difference from dense\n(dots: seeds; bars: their mean; dashed: the goal)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def family_section(family_name: str, records: list[dict[str, Any]], docs: Path) -> list[str]:
+    """The generated section of ``docs/RESULTS.md`` for a family: per budget its tables and plot, then every run."""
+    lines = [f"<!-- {family_name}:begin -->", f"<!-- generated by `python benchmarks/study_explore.py results "
+             f"{family_name}` from benchmarks/records/study_exploration/{family_name}/ -->", ""]  # fmt: skip
+    variants = [name for name, v in VARIANTS.items() if v.family == family_name]
+    lines += ["Run kinds:", ""]
+    lines += [f"- `{name}`: {VARIANTS[name].what}" for name in variants if any(r.get("variant") == name for r in records)]
+    lines.append("")
+    for budget in BUDGETS:
+        lines += [f"#### The {budget} budget", "", *family_tables(records, budget)]
+        image = f"{family_name}_{budget}.png"
+        if plot_family(family_name, records, budget, docs / image):
+            lines += [f"![difference from dense, {budget} budget]({image})", ""]
+    lines += ["Every run (best dev score, epoch of the best at its step, last; the machine and precision):", ""]
+    lines += table_head("run", "best (step)", "last", "dense start", "wall", "machine, precision")
+    for r in sorted(records, key=lambda r: r.get("finished_at", "")):
+        m, start = r["metrics"], r.get("dense_start_score")
+        lines.append(f"| {r['name']} | {m['best_score']:.2f} ({m['best_step']}) | {m['final_score']:.2f} | "
+                     f"{'-' if start is None else f'{start:.2f}'} | {r['wall_s'] / 60:.0f} min | "
+                     f"{r['environment']['machine'].split(', ')[-1]}, {r['precision']} |")  # fmt: skip
+    return [*lines, "", f"<!-- {family_name}:end -->"]
+
+
+def cmd_results(args: argparse.Namespace) -> None:
+    records = load_records(EXPLORATIONS / args.family)
+    results = REPO / "docs" / "RESULTS.md"
+    write_results(results, family_section(args.family, records, results.parent), args.family)
+    print(f"wrote the {args.family} section of {results} from {len(records)} records")
+
+
 def cmd_report(args: argparse.Namespace) -> None:
     records = load_records(EXPLORATIONS / family(args.variants[0]))
     print("\n\n".join("\n".join(report_lines(variant, records, args.budget)) for variant in args.variants))
@@ -248,6 +375,9 @@ def main(argv: list[str] | None = None) -> None:
     plan = sub.add_parser("plan", parents=[variant, common], help="list the runs: finished (with score), to run, waiting")
     plan.set_defaults(func=cmd_plan)
     sub.add_parser("report", parents=[variant], help="the paired table, as Markdown").set_defaults(func=cmd_report)
+    results = sub.add_parser("results", help="write a family's section of docs/RESULTS.md and its plots")
+    results.add_argument("family", choices=sorted({family(v) for v in VARIANTS}))
+    results.set_defaults(func=cmd_results)
     args = parser.parse_args(argv)
     args.func(args)
 

@@ -503,13 +503,15 @@ def generated_section(records: Records, docs: Path) -> list[str]:
     return [*lines, "", END]
 
 
-def write_results(path: Path, section: list[str]) -> None:
-    """Replace the marked section of ``path`` (append it, or create the file, when there is none)."""
+def write_results(path: Path, section: list[str], name: str = "study_report") -> None:
+    """Replace the section of ``path`` between ``<!-- {name}:begin -->`` and ``<!-- {name}:end -->`` (append it, or
+    create the file, when there is none)."""
+    begin, end = f"<!-- {name}:begin -->", f"<!-- {name}:end -->"
     text = "\n".join(section)
     old = path.read_text() if path.exists() else "# Results\n\n"
-    if BEGIN in old and END in old:
-        head, rest = old.split(BEGIN, 1)
-        new = head + text + rest.split(END, 1)[1]
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + text + rest.split(end, 1)[1]
     else:
         new = old.rstrip("\n") + "\n\n" + text + "\n"
     path.write_text(new)

@@ -118,3 +118,30 @@ def test_feature_kd_variants_share_a_family_and_carry_their_loss_into_the_config
     assert study_explore.family("asp_sqh5") == study_explore.family("nxm_fdall") == "feature_kd"
     with pytest.raises(SystemExit, match="one family at a time"):
         study_explore.Exploration(tmp_path / "w", "glue", variants=("asp_last", "nxm_gentle"))
+
+
+def fake_record(kind: str, task: str, seed: int, best: float, budget: str | None = "paper") -> dict:
+    method = study_explore.VARIANTS[kind].method if kind in study_explore.VARIANTS else kind
+    return {"name": f"{kind}_{task}_s{seed}", "method": method, "variant": kind if kind != method else None,
+            "budget": budget, "task": task, "seed": seed, "dense_start_score": 80.0, "wall_s": 60.0,
+            "precision": "bf16-mixed", "environment": {"machine": "x86_64, 2 CPUs, Some CPU"},
+            "metrics": {"best_score": best, "best_step": 10, "final_score": best}}  # fmt: skip
+
+
+def test_the_family_results_give_differences_from_dense_pairs_and_goals(tmp_path: Path) -> None:
+    records = [fake_record("dense", task, 42, 80.0, budget=None) for task in study_explore.TASKS]
+    for task in study_explore.TASKS:
+        for seed, shift in ((42, 0.0), (43, 1.0)):
+            records += [fake_record("asp_sqh1", task, seed, 79.0 + shift), fake_record("nxm_sqh1", task, seed, 80.0 + shift)]
+    records.append(fake_record("asp", "stsb", 42, 77.0))
+    lines = study_explore.family_section("feature_kd", records, tmp_path)
+    row = next(line for line in lines if line.startswith("| asp_sqh1 |"))
+    assert row == "| asp_sqh1 | -0.5 ± 0.7 (n=2) | -0.5 ± 0.7 (n=2) | -0.5 ± 0.7 (n=2) | -0.5 ± 0.7 (n=2) | -0.50 |"
+    assert next(line for line in lines if line.startswith("| asp |")).endswith("| -3.0 (n=1) | - | - |")
+    assert (
+        next(line for line in lines if line.startswith("| sqh1 |")) == "| sqh1 | +1.0 ± 0.0 (n=2) |" + " +1.0 ± 0.0 (n=2) |" * 3
+    )
+    assert "- best 2:4 run >= dense -0.5: met (nxm_sqh1: +0.50)" in lines
+    assert "- nxm_sqh1 >= asp_sqh1 + 0.5: met (+1.00)" in lines
+    assert (tmp_path / "feature_kd_paper.png").stat().st_size > 0 and not (tmp_path / "feature_kd_short.png").exists()
+    assert lines[0] == "<!-- feature_kd:begin -->" and lines[-1] == "<!-- feature_kd:end -->"
