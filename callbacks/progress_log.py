@@ -10,25 +10,16 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from lightning.pytorch.callbacks import Callback
 
-from callbacks.hard_prune import HardPruneCallback
-from callbacks.nxm_sparsify import NxMSparsifyCallback
+from callbacks._common import step_loss
+from callbacks.finite_guard import training_phase
 
 When = Literal["auto", "always", "never"]
 WHEN = ("auto", "always", "never")
 
 
-def training_phase(trainer: pl.Trainer) -> str:
-    """``"masked"`` after a hard prune, ``"admm"`` while an ADMM phase runs, else ``"dense"``."""
-    if any(isinstance(c, HardPruneCallback) and c.pruned for c in trainer.callbacks):
-        return "masked"
-    if any(isinstance(c, NxMSparsifyCallback) and c.active for c in trainer.callbacks):
-        return "admm"
-    return "dense"
-
-
 class ProgressLogCallback(Callback):
     """One line every ``every_n_steps`` optimizer steps and at every epoch end: epoch, step, training loss, phase
-    (dense / admm / masked), the last validation score and the time so far.
+    (dense / ADMM / masked), the last validation score and the time so far.
 
     The rich/tqdm progress bar redraws one line in place; written to a file (``nohup``, CI, a pipe) it shows nothing
     useful until fit ends, so a 15-minute run looks hung. ``cli.py`` always adds this callback with ``when: auto``:
@@ -87,5 +78,5 @@ class ProgressLogCallback(Callback):
     def _report(self, trainer: pl.Trainer, outputs: Any, epoch_end: bool = False) -> None:
         if not self.enabled or not trainer.is_global_zero:
             return
-        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        loss = step_loss(outputs)
         print(self.progress_line(trainer, float(loss) if loss is not None else None, epoch_end), flush=True)

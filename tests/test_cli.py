@@ -272,7 +272,7 @@ def test_progress_lines_when_output_is_not_a_terminal(
     # 4 steps an epoch: a line at steps 2, 4, ... and one at each epoch end.
     assert len(lines) == 6 + 3
     assert lines[0].startswith("[progress] epoch 0/3, step 2/12, loss ") and "phase dense, val/score -" in lines[0]
-    assert "phase admm" in lines[3] and "phase masked" in lines[-1] and "end of epoch" in lines[-1]
+    assert "phase ADMM" in lines[3] and "phase masked" in lines[-1] and "end of epoch" in lines[-1]
     assert "val/score -," not in lines[-1]  # a score by then
 
 
