@@ -135,6 +135,16 @@ def test_kd_loss_equals_hand_computed_value() -> None:
     assert float(kd_loss(torch.tensor([[1.0], [2.0]]), torch.tensor([[2.0], [4.0]]), 2.0, regression=True)) == pytest.approx(2.5)
 
 
+def training_step_on_a_batch(module: DistillationModule, model_dir: Path) -> tuple[torch.Tensor, dict, dict]:
+    """``module.training_step`` in eval mode (no dropout: a hand computation sees the same outputs) on one batch of
+    RTE-like text: the loss, the batch and its model inputs (the batch without labels)."""
+    module.eval()
+    batch = next(iter(text_loader(model_dir, regression=False)))
+    with pytest.warns(UserWarning, match="self.log"):
+        loss = module.training_step(batch, 0)
+    return loss, batch, {k: v for k, v in batch.items() if k != "labels"}
+
+
 def test_training_step_is_alpha_task_plus_kd(tiny_bert_2labels: Path) -> None:
     torch.manual_seed(0)
     module = DistillationModule(
@@ -142,11 +152,7 @@ def test_training_step_is_alpha_task_plus_kd(tiny_bert_2labels: Path) -> None:
     )
     with torch.no_grad():
         module.model.classifier.bias.copy_(torch.tensor([1.0, -1.0]))  # a student that disagrees with its teacher
-    module.eval()  # no dropout: the hand computation below sees the same logits
-    batch = next(iter(text_loader(tiny_bert_2labels, regression=False)))
-    with pytest.warns(UserWarning, match="self.log"):
-        loss = module.training_step(batch, 0)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    loss, batch, inputs = training_step_on_a_batch(module, tiny_bert_2labels)
     with torch.no_grad():
         student, teacher = module.model(**inputs).logits, module.teacher(**inputs).logits
     task = F.cross_entropy(student, batch["labels"])
@@ -184,11 +190,7 @@ def test_feature_only_training_step_equals_hand_computed_loss(
     with torch.no_grad():  # a student that differs from its teacher in every layer
         for parameter in module.model.bert.parameters():
             parameter.add_(0.05 * torch.randn_like(parameter))
-    module.eval()
-    batch = next(iter(text_loader(tiny_bert_2labels, regression=False)))
-    with pytest.warns(UserWarning, match="self.log"):
-        loss = module.training_step(batch, 0)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    loss, batch, inputs = training_step_on_a_batch(module, tiny_bert_2labels)
     with torch.no_grad():
         student = module.model(**inputs, output_hidden_states=True).hidden_states
         teacher = module.teacher(**inputs, output_hidden_states=True).hidden_states
@@ -205,11 +207,7 @@ def test_logit_weight_replaces_one_minus_alpha(tiny_bert_2labels: Path) -> None:
     )
     with torch.no_grad():
         module.model.classifier.bias.copy_(torch.tensor([1.0, -1.0]))
-    module.eval()
-    batch = next(iter(text_loader(tiny_bert_2labels, regression=False)))
-    with pytest.warns(UserWarning, match="self.log"):
-        loss = module.training_step(batch, 0)
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    loss, batch, inputs = training_step_on_a_batch(module, tiny_bert_2labels)
     with torch.no_grad():
         student, teacher = module.model(**inputs).logits, module.teacher(**inputs).logits
     expected = F.cross_entropy(student, batch["labels"]) + 3.0 * kd_loss(student, teacher, 2.0, regression=False)
