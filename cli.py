@@ -57,10 +57,14 @@ class NxMLightningCLI(LightningCLI):
             }
         )
 
-    def before_instantiate_classes(self) -> None:
-        if self.subcommand == "fit":
+    def parse_arguments(self, parser: LightningArgumentParser, args: Any) -> None:
+        """Parse, then resolve and check ``ckpt_path`` before LightningCLI reads the checkpoint's hyperparameters."""
+        super().parse_arguments(parser, args)
+        subcommand = self.config.get("subcommand")
+        if subcommand == "fit":
             resolve_last_checkpoint(self.config["fit"])
-        check_checkpoint_file(self.config[self.subcommand].get("ckpt_path"))
+        if subcommand is not None:
+            check_checkpoint_file(self.config[subcommand].get("ckpt_path"))
 
 
 def check_checkpoint_file(ckpt_path: str | None) -> None:
