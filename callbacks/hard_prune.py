@@ -111,6 +111,7 @@ class HardPruneCallback(TargetingCallback):
         self.masks: dict[str, torch.Tensor] = {}
         # The validation score just before and after the cut, for the export's model card.
         self.scores: dict[str, float] = {}
+        self._last_validation: tuple[int, int, float] | None = None  # (global step, epoch, val/score) after the cut
         self.follow_admm = False
         self.fisher: SquaredGradientSum | None = None  # saliency="fisher", until the cut
         self._pending_state: dict[str, Any] | None = None
@@ -287,11 +288,18 @@ class HardPruneCallback(TargetingCallback):
         transposed = {keys[t.name] for t in self.targets if t.transposed}
         datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
         tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
-        card = card_facts(hf_model, pl_module, self.scores)
+        card = card_facts(hf_model, pl_module, {**self.scores, **self._exported_score(trainer)})
         path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir, transposed, card)
         rank_zero_info(
             f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.sparsity.verify {path})"
         )
+
+    def _exported_score(self, trainer: pl.Trainer | None) -> dict[str, float]:
+        """``{"exported model (epoch N)": score}`` when the last validation scored exactly the weights exported."""
+        if trainer is None or self._last_validation is None or self._last_validation[0] != trainer.global_step:
+            return {}
+        _, epoch, score = self._last_validation
+        return {f"exported model (epoch {epoch}, its last validation)": score}
 
     def route(self, pl_module: pl.LightningModule, dtype: torch.dtype | None = None) -> None:
         """Replace each pruned nn.Linear (or Conv1D) with an NxMLinear served by ``backend``.
@@ -330,6 +338,13 @@ class HardPruneCallback(TargetingCallback):
 
     def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._route_if_pruned(trainer, pl_module)
+
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The score of the weights as they are now, for the model card: the export holds the final weights, so this is
+        # its own score when no training step follows this validation.
+        score = trainer.callback_metrics.get("val/score")
+        if self.pruned and score is not None and not trainer.sanity_checking:
+            self._last_validation = (trainer.global_step, trainer.current_epoch, float(score))
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._route_if_pruned(trainer, pl_module)

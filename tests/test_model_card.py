@@ -90,11 +90,13 @@ def test_hard_prune_export_card_has_the_scores_around_the_cut(tiny_bert: Path, t
     torch.manual_seed(0)
     module = SequenceClassificationModule(str(tiny_bert), "stsb", learning_rate=1e-3)
     prune = HardPruneCallback(at_step=2, backend="masked", export_dir=str(tmp_path / "export"))
-    toy_trainer(tmp_path, [prune], max_steps=4, enable_checkpointing=False).fit(
-        module, text_loader(tiny_bert), text_loader(tiny_bert)
-    )
+    trainer = toy_trainer(tmp_path, [prune], max_steps=4, enable_checkpointing=False)
+    trainer.fit(module, text_loader(tiny_bert), text_loader(tiny_bert))
     card = (tmp_path / "export" / "README.md").read_text()
     assert set(prune.scores) == {"before the cut", "after the cut"}
+    # The exported (final) weights' own score: the validation at the end of the last epoch (4 batches an epoch).
+    final = float(trainer.callback_metrics["val/score"])
+    assert f"| exported model (epoch 0, its last validation) | {final:.2f} |" in card
     for when, value in prune.scores.items():
         assert f"| {when} | {value:.2f} |" in card
     assert "base_model" not in front_matter(card)  # a local folder, not a Hub id
