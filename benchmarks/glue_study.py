@@ -777,11 +777,14 @@ class Study:
 
 def zstep_args(spec: RunSpec) -> dict[str, Any]:
     """ADMM's Z-step interval for ``spec``, shortened where the config's would give fewer than its budget's
-    ``min_zsteps`` Z-steps in the phase (RTE's 78 steps an epoch)."""
+    ``min_zsteps`` Z-steps in the phase (RTE's 78 steps an epoch); the phase ends at the config's ``end_fraction``
+    or at the one ``spec``'s ADMM edits set."""
     config = method_config(spec.method)
     admm = next((c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"] == ADMM_CALLBACK), None)
     if admm is None or admm.get("update_every") is None or spec.budget is None:
         return {}
+    # An exploration's edit of the phase's end (not of the interval, which this computes) counts.
+    admm = {**admm, **{k: v for k, v in spec.callback_args.get(ADMM_CALLBACK, {}).items() if k != "update_every"}}
     steps = steps_per_epoch(spec) * spec.epochs * admm.get("end_fraction", 1.0)
     every, fewest = admm["update_every"], BUDGETS[spec.budget].min_zsteps
     return {} if steps // every >= fewest else {"update_every": max(1, int(steps // fewest))}

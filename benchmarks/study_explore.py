@@ -41,6 +41,7 @@ from glue_study import (
     resolve_precision,
     run_options,
     task_options,
+    zstep_args,
 )
 from study_report import TASKS, fmt_difference, load_records, plt, table_head, write_results
 
@@ -87,13 +88,22 @@ FEATURE_KD_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 }
 
 
+ADMM_SHORT_END = 0.3
+
+
 def feature_kd_variants() -> dict[str, Variant]:
-    """``asp_<recipe>`` against asp and asp_kd; ``nxm_<recipe>`` against nxm_kd and asp_<recipe> (the goal's pair)."""
+    """``asp_<recipe>`` against asp and asp_kd; ``nxm_<recipe>`` against nxm_kd and asp_<recipe> (the goal's pair);
+    ``nxm_<recipe>_admm30`` (a shorter ADMM phase) against asp_<recipe> and nxm_<recipe>."""
     variants = {}
     for name, (what, loss) in FEATURE_KD_RECIPES.items():
         model_edits = {**loss, "cache_teacher_logits": False}  # the hidden states are needed at every step
         variants[f"asp_{name}"] = Variant("asp_kd", {}, ("asp", "asp_kd"), f"asp with {what}", model_edits, "feature_kd")
         variants[f"nxm_{name}"] = Variant("nxm_kd", {}, (f"asp_{name}", "nxm_kd"), f"nxm with {what}", model_edits, "feature_kd")
+        # The ADMM phase ends by 30% of training at the latest (glue_kd.yaml: 50%), for more masked fine-tuning.
+        variants[f"nxm_{name}_admm30"] = Variant(
+            "nxm_kd", {ADMM_CALLBACK: {"end_fraction": ADMM_SHORT_END}}, (f"asp_{name}", f"nxm_{name}"),
+            f"nxm with {what}, its ADMM phase ending by {ADMM_SHORT_END:.0%} of training", model_edits, "feature_kd",
+        )  # fmt: skip
     return variants
 
 
@@ -147,6 +157,10 @@ class Exploration(Study):
         spec = self.method_spec(variant.method, task, seed)
         for callback, args in variant.edits.items():
             spec.callback_args[callback] = {**spec.callback_args.get(callback, {}), **args}
+        if variant.edits.get(ADMM_CALLBACK, {}).keys() - {"update_every"}:  # the phase changed: its Z-step interval too
+            admm = {k: v for k, v in spec.callback_args[ADMM_CALLBACK].items() if k != "update_every"}
+            spec.callback_args[ADMM_CALLBACK] = admm
+            spec.callback_args[ADMM_CALLBACK] = {**admm, **zstep_args(spec)}
         spec.model_args = dict(variant.model_edits)
         spec.variant = name
         return spec

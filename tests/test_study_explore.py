@@ -145,3 +145,20 @@ def test_the_family_results_give_differences_from_dense_pairs_and_goals(tmp_path
     assert "- nxm_sqh1 >= asp_sqh1 + 0.5: met (+1.00)" in lines
     assert (tmp_path / "feature_kd_paper.png").stat().st_size > 0 and not (tmp_path / "feature_kd_short.png").exists()
     assert lines[0] == "<!-- feature_kd:begin -->" and lines[-1] == "<!-- feature_kd:end -->"
+
+
+def test_a_shorter_admm_phase_gets_its_own_z_step_interval(tmp_path: Path) -> None:
+    """nxm_<x>_admm30 ends ADMM by 30% of training; the Z-step interval is recomputed for that phase (RTE at the
+    paper budget: 78 steps an epoch, so 234 steps for at least 20 Z-steps: every 11 steps, not the 50% phase's 19)."""
+    study = Study(tmp_path / "study", "../shared/data/glue", tasks=("stsb", "rte"), records_dir=tmp_path / "study_records")
+    finish_grid_and_sweep(study)
+    exploration = study_explore.Exploration(tmp_path / "work", "../shared/data/glue", tasks=("rte",), seeds=(42,),
+                                            records_dir=tmp_path / "records", variants=("nxm_sqh1_admm30",),
+                                            study_records=tmp_path / "study_records")  # fmt: skip
+    finish(exploration, next(exploration.runs()), 60.0)
+    runs = {run.variant or run.method: run for run in exploration.runs() if isinstance(run, RunSpec) and run.budget}
+    short, full = (
+        runs["nxm_sqh1_admm30"].callback_args[glue_study.ADMM_CALLBACK],
+        runs["nxm_sqh1"].callback_args[glue_study.ADMM_CALLBACK],
+    )
+    assert short == {"end_fraction": 0.3, "update_every": 11} and full == {"update_every": 19}
