@@ -11,7 +11,16 @@ from conftest import text_loader, toy_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from callbacks import HardPruneCallback, SavePretrainedCallback
-from nxm_lightning.sparsity.model_card import CardFacts, card_facts, layer_kinds, library_version, pipeline_tag, render_model_card
+from nxm_lightning.sparsity.model_card import (
+    CardFacts,
+    card_facts,
+    layer_kinds,
+    library_version,
+    pipeline_tag,
+    recorded_scores,
+    recorded_task,
+    render_model_card,
+)
 from nxm_lightning.tasks.module import SequenceClassificationModule
 
 
@@ -51,6 +60,14 @@ def test_card_fields() -> None:
     assert "| before the cut | 85.90 |" in card and "| after the cut | 85.78 |" in card
     assert "```bash\npython cli.py fit --config configs/glue.yaml\n```" in card
     assert "nxm-lightning 0.1.0" in card
+
+
+def test_task_and_scores_read_back_from_the_card() -> None:
+    """What the score command reads: the task to score on, and the scores to print beside its own."""
+    card = render_model_card(FACTS, manifest())
+    assert recorded_task(card) == "stsb" and recorded_scores(card) == FACTS.scores
+    bare = render_model_card(CardFacts(architecture="BertModel"), None)
+    assert recorded_task(bare) is None and recorded_scores(bare) == {}
 
 
 def test_local_base_dense_model_and_unknown_head(tmp_path: Path) -> None:

@@ -184,3 +184,16 @@ def is_our_model_card(text: str) -> bool:
     closing version line): how an export folder from before the export marker is told from someone else's folder."""
     lines = text.splitlines()
     return bool(lines) and lines[0] == "---" and '- "nxm-lightning"' in lines and lines[-1].startswith("With nxm-lightning ")
+
+
+def recorded_task(text: str) -> str | None:
+    """The GLUE task name a card from :func:`render_model_card` records (``stsb`` from ``GLUE STS-B (stsb)``), or None:
+    how the score command knows which dev set to score an export on when it is not told."""
+    found = re.search(r"^- \*\*Task:\*\* GLUE \S+ \((\w+)\)$", text, re.MULTILINE)
+    return found[1] if found else None
+
+
+def recorded_scores(text: str) -> dict[str, float]:
+    """``{when: dev score}`` from the card's Scores table (empty when none was measured), to print beside a new score."""
+    section = text.partition("\n## Scores\n")[2].partition("\n## ")[0]
+    return {when: float(value) for when, value in re.findall(r"^\| ([^|]+?) \| (-?\d+\.\d+) \|$", section, re.MULTILINE)}

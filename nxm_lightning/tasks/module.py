@@ -13,7 +13,7 @@ from transformers import AutoConfig, AutoModelForSequenceClassification, get_lin
 
 from nxm_lightning.tasks.glue import get_task
 from nxm_lightning.tasks.hub import DEFAULT_MODEL, load_pretrained
-from nxm_lightning.tasks.metrics import glue_metrics, glue_score
+from nxm_lightning.tasks.metrics import glue_metric_values, glue_metrics, glue_score, task_predictions, validation_suffixes
 
 NO_DECAY = ("bias", "LayerNorm.weight", "layer_norm.weight", "LayerNorm.bias")
 
@@ -60,9 +60,8 @@ class SequenceClassificationModule(pl.LightningModule):
         self.model = self._build_model(model_name_or_path, num_labels, trust_remote_code)
         if freeze_embeddings:
             self.model.get_input_embeddings().requires_grad_(False)
-        suffixes = ["_matched", "_mismatched"] if len(self.task.validation_files) == 2 else [""]
-        self.val_suffixes = suffixes
-        self.val_metrics = nn.ModuleList([glue_metrics(self.task) for _ in suffixes])
+        self.val_suffixes = validation_suffixes(self.task)
+        self.val_metrics = nn.ModuleList([glue_metrics(self.task) for _ in self.val_suffixes])
 
     def _build_model(self, name: str, num_labels: int, trust_remote_code: bool) -> nn.Module:
         labels = list(self.task.label_names) or ["score"]
@@ -103,7 +102,7 @@ class SequenceClassificationModule(pl.LightningModule):
         return loss
 
     def predictions(self, logits: torch.Tensor) -> torch.Tensor:
-        return logits.squeeze(-1) if self.task.is_regression else logits.argmax(-1)
+        return task_predictions(self.task, logits)
 
     def _check_labels(self, labels: torch.Tensor) -> None:
         if self.task.is_regression:
@@ -145,7 +144,6 @@ class SequenceClassificationModule(pl.LightningModule):
         labels = [self.task.label_names[i] for i in predictions.tolist()]
         return {"label_ids": predictions, "labels": labels}
 
-    @torch.no_grad()
     def evaluate_score(self, dataloaders: DataLoader | list[DataLoader]) -> float:
         """The GLUE score (points) on ``dataloaders`` with fresh metrics, outside Lightning's loops (no logging).
 
@@ -153,23 +151,26 @@ class SequenceClassificationModule(pl.LightningModule):
         Attached to a trainer, it runs in the trainer's precision (autocast under ``bf16-mixed``), as validation does,
         so that its scores compare with ``val/score``.
         """
+        return glue_score(self.evaluate_metrics(dataloaders))
+
+    @torch.no_grad()
+    def evaluate_metrics(self, dataloaders: DataLoader | list[DataLoader]) -> dict[str, float]:
+        """Each GLUE metric (a fraction, named as ``val/<metric>`` logs it) behind :meth:`evaluate_score`: the score
+        command prints them beside the score."""
         loaders = dataloaders if isinstance(dataloaders, (list, tuple)) else [dataloaders]
         # Outside Lightning's loops nothing applies the precision plugin: do what the evaluation loop does.
         plugin = self._trainer.precision_plugin if self._trainer is not None else Precision()
+
+        def logits_of(batch: dict[str, torch.Tensor]) -> torch.Tensor:
+            batch = plugin.convert_input(batch)
+            with plugin.forward_context():
+                return self(**self._model_inputs(batch)).logits
+
         was_training = self.training
         self.eval()
-        values: dict[str, float] = {}
-        for suffix, loader in zip(self.val_suffixes, loaders):
-            metrics = glue_metrics(self.task).to(self.device)
-            for batch in loader:
-                batch = {k: v.to(self.device) for k, v in batch.items()}
-                batch = plugin.convert_input(batch)
-                with plugin.forward_context():
-                    logits = self(**self._model_inputs(batch)).logits
-                metrics.update(self.predictions(logits), batch["labels"])
-            values.update({f"{name}{suffix}": float(value) for name, value in metrics.compute().items()})
+        values = glue_metric_values(self.task, loaders, logits_of, self.device)
         self.train(was_training)
-        return glue_score(values)
+        return values
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Refuse a checkpoint whose weights do not fit this model, naming the first mismatching tensors."""
