@@ -125,7 +125,7 @@ def fake_record(kind: str, task: str, seed: int, best: float, budget: str | None
     return {"name": f"{kind}_{task}_s{seed}", "method": method, "variant": kind if kind != method else None,
             "budget": budget, "task": task, "seed": seed, "dense_start_score": 80.0, "wall_s": 60.0,
             "precision": "bf16-mixed", "environment": {"machine": "x86_64, 2 CPUs, Some CPU"},
-            "metrics": {"best_score": best, "best_step": 10, "final_score": best}}  # fmt: skip
+            "metrics": {"best_score": best, "best_step": 10, "final_score": best, "val_scores": [(10, best)]}}  # fmt: skip
 
 
 def test_the_family_results_give_differences_from_dense_pairs_and_goals(tmp_path: Path) -> None:
@@ -144,6 +144,7 @@ def test_the_family_results_give_differences_from_dense_pairs_and_goals(tmp_path
     assert "- best 2:4 run >= dense -0.5: met (nxm_sqh1: +0.50)" in lines
     assert "- nxm_sqh1 >= asp_sqh1 + 0.5: met (+1.00)" in lines
     assert (tmp_path / "feature_kd_paper.png").stat().st_size > 0 and not (tmp_path / "feature_kd_short.png").exists()
+    assert (tmp_path / "feature_kd_paper_curves.png").stat().st_size > 0
     assert lines[0] == "<!-- feature_kd:begin -->" and lines[-1] == "<!-- feature_kd:end -->"
 
 
