@@ -1,4 +1,8 @@
-"""ONNX export of a 2:4 export folder: dynamic axes, ONNX Runtime parity with PyTorch, the pattern in the initializers."""
+"""ONNX export of a 2:4 export folder: dynamic axes, ONNX Runtime parity with PyTorch, the pattern in the initializers.
+
+And its INT8 file (``quantize_int8``, ``--int8``): the pattern in the int8 initializers, parity within the relative
+tolerance, violations and asymmetric zero points named by layer, the fused and QDQ forms ONNX Runtime writes.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,34 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnxruntime as ort
 import pytest
 import torch
 from conftest import run_verify, verify_line
 from onnx import numpy_helper
+from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
 from tiny_models import export_pruned, tiny_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from nxm_lightning.sparsity.nxm import is_nxm
 from nxm_lightning.sparsity.onnx_export import (
+    INT8_PARITY_RTOL,
     METADATA_KEY,
     PARITY_ATOL,
     export_onnx,
     load_export,
     locate_layers,
     max_logit_difference,
+    quantize_int8,
     sample_inputs,
     verify_onnx,
 )
 from nxm_lightning.sparsity.verify import VerifyError, verify
 
 REPO = Path(__file__).resolve().parents[1]
+# Weights 10x the default spread (0.02) for the INT8 tests: with the default, the tiny random models' logits hardly depend
+# on the encoder (zeroing a whole layer moved them by 2%), so a quantization error there would go unseen.
+WIDE_INIT = 0.2
 
 
 def record(path: Path) -> dict[str, dict]:
@@ -41,11 +52,42 @@ def initializer(path: Path, name: str) -> np.ndarray:
     return next(numpy_helper.to_array(i) for i in onnx.load(str(path)).graph.initializer if i.name == name)
 
 
+def with_initializer(path: Path, name: str, array: np.ndarray, out: Path) -> Path:
+    """A copy of the ONNX file ``path`` with initializer ``name`` replaced by ``array``, written to ``out``."""
+    model = onnx.load(str(path))
+    next(i for i in model.graph.initializer if i.name == name).CopyFrom(numpy_helper.from_array(array, name))
+    onnx.save(model, str(out))
+    return out
+
+
+def with_record(path: Path, layers: dict[str, dict], out: Path) -> Path:
+    """A copy of the ONNX file ``path`` whose sparsity record lists ``layers``, written to ``out``."""
+    model = onnx.load(str(path))
+    entry = next(p for p in model.metadata_props if p.key == METADATA_KEY)
+    entry.value = json.dumps(json.loads(entry.value) | {"layers": layers})
+    onnx.save(model, str(out))
+    return out
+
+
+def pruned_tiny_bert_export(tiny_bert: Path, folder: Path) -> Path:
+    """The MiniLM-shaped tiny BERT, cut to 2:4 and exported with its tokenizer."""
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
+    return export_pruned(model, folder, AutoTokenizer.from_pretrained(tiny_bert))
+
+
 @pytest.fixture(scope="module")
 def bert_onnx(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("bert_onnx")
     model, layers, inputs = load_export(export_pruned(tiny_model("bert"), folder / "export"))
     return export_onnx(model, layers, folder / "model.onnx", inputs)
+
+
+@pytest.fixture(scope="module")
+def bert_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model.int8.onnx`` next to its fp32 ``model.onnx`` and its ``export`` folder (a :data:`WIDE_INIT` tiny BERT)."""
+    folder = tmp_path_factory.mktemp("bert_int8")
+    model, layers, inputs = load_export(export_pruned(tiny_model("bert", initializer_range=WIDE_INIT), folder / "export"))
+    return quantize_int8(export_onnx(model, layers, folder / "model.onnx", inputs), folder / "model.int8.onnx")
 
 
 # An encoder (MatMul weights), GPT-2 (Conv1D, stored [in, out]) and a Llama-style decoder (causal mask, GQA).
@@ -74,15 +116,11 @@ def test_onnx_matches_pytorch_and_keeps_2to4(arch: str, tmp_path: Path) -> None:
 
 
 def test_verify_onnx_names_the_layer_of_a_broken_group(bert_onnx: Path, tmp_path: Path) -> None:
-    model = onnx.load(str(bert_onnx))
     layer = "bert.encoder.layer.1.intermediate.dense.weight"
     name = record(bert_onnx)[layer]["initializer"]
-    init = next(i for i in model.graph.initializer if i.name == name)
-    array = numpy_helper.to_array(init).copy()  # [in, out]
+    array = initializer(bert_onnx, name).copy()  # [in, out]
     array[4:8, 3] = [1.0, 2.0, 3.0, 4.0]  # output 3, input features 4..7: four non-zeros in one group
-    init.CopyFrom(numpy_helper.from_array(array, name))
-    broken = tmp_path / "broken.onnx"
-    onnx.save(model, str(broken))
+    broken = with_initializer(bert_onnx, name, array, tmp_path / "broken.onnx")
     problems = verify_onnx(broken)
     assert len(problems) == 1 and layer in problems[0] and "row 3, input columns 4..7" in problems[0]
     result = run_verify(broken)
@@ -140,8 +178,7 @@ def test_verify_cli_refuses_non_project_or_corrupt_onnx_with_one_line(bert_onnx:
 
 def test_cli_exports_a_folder_with_its_tokenizer_inputs(tiny_bert: Path, tmp_path: Path) -> None:
     """The tokenizer saved in the folder decides the inputs: MiniLM's BERT tokenizer makes token_type_ids too."""
-    model = AutoModelForSequenceClassification.from_pretrained(tiny_bert)
-    export = export_pruned(model, tmp_path / "export", AutoTokenizer.from_pretrained(tiny_bert))
+    export = pruned_tiny_bert_export(tiny_bert, tmp_path / "export")
     out = tmp_path / "onnx" / "model.onnx"
     command = [sys.executable, "-m", "nxm_lightning.sparsity.onnx_export", str(export), str(out)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
@@ -160,3 +197,125 @@ def test_a_layer_in_no_initializer_is_an_error(bert_onnx: Path) -> None:
     weights[key] = weights[key] * 2  # as if the exporter had folded a scale into that weight
     with pytest.raises(ValueError, match=r"1 N:M layers \(e.g. 'bert.encoder.layer.0.attention.self.query.weight'\) are in no"):
         locate_layers(onnx.load(str(bert_onnx)), weights, layers)
+
+
+def zero_point_of(path: Path, weight: str) -> np.ndarray:
+    """The zero point of ``weight`` as the graph's MatMulInteger that takes it reads it."""
+    node = next(n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMulInteger" and n.input[1] == weight)
+    return initializer(path, node.input[3])
+
+
+@pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
+def test_int8_keeps_2to4_and_matches_pytorch(arch: str, tmp_path: Path) -> None:
+    model, layers, inputs = load_export(export_pruned(tiny_model(arch, initializer_range=WIDE_INIT), tmp_path / "export"))
+    path = quantize_int8(export_onnx(model, layers, tmp_path / "model.onnx", inputs), tmp_path / "model.int8.onnx")
+
+    found = record(path)
+    assert set(found) == set(layers)
+    assert verify_onnx(path) == [] and verify(path) == []
+    # Every layer runs in int8 (MatMulInteger), its weight stored int8 with zero point 0, the groups along the input
+    # features ([in, out] initializers: down the rows) 2:4 in the stored integers.
+    assert sum(n.op_type == "MatMulInteger" for n in onnx.load(str(path)).graph.node) >= len(layers)
+    arrays = [initializer(path, entry["initializer"]) for entry in found.values()]
+    assert {a.dtype for a in arrays} == {np.dtype(np.int8)} and {entry["layout"] for entry in found.values()} == {"in_out"}
+    assert all(not zero_point_of(path, entry["initializer"]).any() for entry in found.values())
+    assert all(is_nxm(torch.from_numpy(a.T.copy()), 2, 4) for a in arrays)
+    assert not all(is_nxm(torch.from_numpy(a.copy()), 2, 4) for a in arrays)
+
+    for batch, seq in ((1, 5), (3, 17), (4, 30)):
+        x = sample_inputs(model.config, inputs, batch, seq, seed=3)
+        assert max_logit_difference(model, path, x, relative=True) < INT8_PARITY_RTOL
+        assert max_logit_difference(model, path, x) > PARITY_ATOL  # quantized: not the fp32 graph's logits
+
+
+def test_int8_tolerance_catches_a_wrong_scale(bert_int8: Path, tmp_path: Path) -> None:
+    """One layer's scales doubled (as a quantizer bug would) moves the logits past :data:`INT8_PARITY_RTOL`."""
+    model, _, inputs = load_export(bert_int8.parent / "export")
+    scale = record(bert_int8)["bert.encoder.layer.1.intermediate.dense.weight"]["initializer"].replace("_quantized", "_scale")
+    wrong = with_initializer(bert_int8, scale, 2 * initializer(bert_int8, scale), tmp_path / "wrong.onnx")
+    x = sample_inputs(model.config, inputs, 4, 30, seed=3)
+    assert max_logit_difference(model, bert_int8, x, relative=True) < INT8_PARITY_RTOL
+    assert max_logit_difference(model, wrong, x, relative=True) > INT8_PARITY_RTOL
+
+
+def test_verify_int8_names_the_layer_of_a_broken_group(bert_int8: Path, tmp_path: Path) -> None:
+    layer = "bert.encoder.layer.1.intermediate.dense.weight"
+    name = record(bert_int8)[layer]["initializer"]
+    array = initializer(bert_int8, name).copy()  # int8 [in, out]
+    array[4:8, 3] = [1, 2, 3, 4]  # output 3, input features 4..7: four non-zeros in one group
+    broken = with_initializer(bert_int8, name, array, tmp_path / "broken.onnx")
+    problems = verify_onnx(broken)
+    assert len(problems) == 1 and layer in problems[0] and "row 3, input columns 4..7" in problems[0]
+    result = run_verify(broken)
+    assert result.returncode == 1 and f"VIOLATION: layer {layer!r} is not 2:4" in result.stderr
+
+
+def test_verify_int8_refuses_asymmetric_or_unknown_zero_points(bert_int8: Path, tmp_path: Path) -> None:
+    """Stored integers are N:M but the real weights not when the zero point is not 0; nor is an unknown one accepted."""
+    layers = record(bert_int8)
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    zero_point = layers[layer]["initializer"].replace("_quantized", "_zero_point")
+    asymmetric = with_initializer(bert_int8, zero_point, np.ones(32, np.int8), tmp_path / "asymmetric.onnx")
+    problems = verify_onnx(asymmetric)
+    assert len(problems) == 1 and problems[0].startswith(f"layer {layer!r}: its int8 weight ")
+    assert "has non-zero zero points" in problems[0]
+    result = run_verify(asymmetric)
+    assert result.returncode == 1 and "(asymmetric quantization)" in result.stderr
+
+    # The record pointing at an int8 initializer no quantized operator takes as its weight (here: the zero point).
+    unknown = with_record(bert_int8, layers | {layer: layers[layer] | {"initializer": zero_point}}, tmp_path / "unknown.onnx")
+    assert verify_onnx(unknown) == [
+        f"layer {layer!r}: the zero point of its integer initializer {zero_point!r} is unknown (it is the weight of no "
+        "MatMulInteger, DynamicQuantizeMatMul, MatMulIntegerToFloat, DequantizeLinear node, or its zero point is computed)"
+    ]
+
+
+def test_verify_int8_in_onnxruntime_fused_and_qdq_forms(bert_int8: Path, tmp_path: Path) -> None:
+    """The INT8 file as ONNX Runtime's optimiser saves it (fused operators) and a static QDQ file verify too."""
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+    options.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(bert_int8), options, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(options.optimized_model_filepath).graph.node}
+    assert "MatMulInteger" not in ops and {"DynamicQuantizeMatMul", "MatMulIntegerToFloat"} <= ops
+    assert verify(Path(options.optimized_model_filepath)) == []
+
+    model, _, inputs = load_export(bert_int8.parent / "export")
+
+    class Calibration(CalibrationDataReader):
+        def __init__(self) -> None:
+            samples = [sample_inputs(model.config, inputs, seed=seed) for seed in range(2)]
+            self.batches = iter([{k: v.numpy() for k, v in sample.items()} for sample in samples])
+
+        def get_next(self) -> dict[str, np.ndarray] | None:
+            return next(self.batches, None)
+
+    qdq = tmp_path / "qdq.onnx"
+    quantize_static(str(bert_int8.parent / "model.onnx"), str(qdq), Calibration(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=["MatMul"], per_channel=True, weight_type=QuantType.QInt8)  # fmt: skip
+    layers = {name: entry | {"initializer": entry["initializer"] + "_quantized"} for name, entry in record(qdq).items()}
+    qdq = with_record(qdq, layers, qdq)
+    assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(qdq)).graph.node} and verify_onnx(qdq) == []
+
+
+def test_quantize_int8_refuses_a_layer_it_did_not_quantize(bert_int8: Path, tmp_path: Path) -> None:
+    """A record entry whose initializer no MatMul takes (here: the word embeddings, a Gather's) is an error, not fp32."""
+    layers = record(bert_int8.parent / "model.onnx")
+    layer = "bert.encoder.layer.0.attention.self.query.weight"
+    layers[layer]["initializer"] = "model.bert.embeddings.word_embeddings.weight"
+    fp32 = with_record(bert_int8.parent / "model.onnx", layers, tmp_path / "model.onnx")
+    with pytest.raises(ValueError, match=f"Layer '{layer}' was not quantized .* feeds no MatMul"):
+        quantize_int8(fp32, tmp_path / "model.int8.onnx")
+
+
+def test_cli_int8_writes_and_checks_the_int8_file(tiny_bert: Path, tmp_path: Path) -> None:
+    out = tmp_path / "onnx" / "model.onnx"
+    export = pruned_tiny_bert_export(tiny_bert, tmp_path / "export")
+    command = [sys.executable, "-m", "nxm_lightning.sparsity.onnx_export", str(export), str(out), "--int8"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    int8 = tmp_path / "onnx" / "model.int8.onnx"
+    assert f"Wrote {int8} (inputs input_ids, attention_mask, token_type_ids; 12 N:M layers verified in its int8" in result.stdout
+    assert f"of the largest |logit| (tolerance {INT8_PARITY_RTOL:.0%})" in result.stdout
+    assert "Please consider to run pre-processing" not in result.stdout + result.stderr
+    assert record(int8) and verify_line(int8, 0) == f"OK: every layer in {int8} satisfies its N:M pattern."

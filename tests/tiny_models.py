@@ -56,9 +56,13 @@ ARCHITECTURES: dict[str, tuple[Callable[[], transformers.PretrainedConfig], tupl
 }  # fmt: skip
 
 
-def tiny_model(arch: str) -> nn.Module:
+def tiny_model(arch: str, **overrides: Any) -> nn.Module:
+    """A seeded random ``arch`` model; ``overrides`` set config fields (e.g. ``initializer_range``)."""
     torch.manual_seed(0)
-    return AutoModelForSequenceClassification.from_config(ARCHITECTURES[arch][0]())
+    config = ARCHITECTURES[arch][0]()
+    for key, value in overrides.items():
+        setattr(config, key, value)
+    return AutoModelForSequenceClassification.from_config(config)
 
 
 def block_layer(name: str) -> str:

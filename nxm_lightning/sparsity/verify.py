@@ -1,10 +1,10 @@
 """Check N:M compliance of an exported model folder or ONNX file: ``python -m nxm_lightning.sparsity.verify DIR_OR_ONNX``.
 
-Exit status 0: every layer listed in ``sparsity.json`` (or, for an ``.onnx`` file, in the sparsity record that
-:mod:`nxm_lightning.sparsity.onnx_export` embeds) satisfies its pattern, and, for a folder, the manifest lists every
-default target of the folder's model; 1: a violation (the layer and its first bad group are printed) or default targets
-missing from the manifest (named); 2: the path could not be checked (not an nxm-lightning export, a malformed manifest,
-truncated or corrupt weights): one ``error:`` line.
+Exit status 0: every layer listed in ``sparsity.json`` (or, for an ``.onnx`` file, fp32 or INT8, in the sparsity record
+that :mod:`nxm_lightning.sparsity.onnx_export` embeds; an int8 weight's zero point must be 0) satisfies its pattern,
+and, for a folder, the manifest lists every default target of the folder's model; 1: a violation (the layer and its
+first bad group are printed) or default targets missing from the manifest (named); 2: the path could not be checked
+(not an nxm-lightning export, a malformed manifest, truncated or corrupt weights): one ``error:`` line.
 
 A folder's manifest is not taken at its word: the model is built from ``config.json`` (on the meta device: no weights,
 no memory) and its default targets (:func:`nxm_lightning.sparsity.targets.select_targets`) must all be listed, so an
