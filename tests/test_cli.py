@@ -222,8 +222,13 @@ def test_feature_distillation_from_the_command_line(tmp_path: Path, glue_dir: Pa
         ("include: ['(']", "Invalid regular expression '(' in include"),
     ],
 )
-def test_config_time_errors_of_the_callbacks_are_one_line(tmp_path: Path, edit: str, message: str) -> None:
-    """A bad callback argument in the YAML: one line naming the argument, not jsonargparse's 18-line Union dump."""
+def test_config_time_errors_of_the_callbacks_are_one_line(
+    tmp_path: Path, edit: str, message: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A bad callback argument in the YAML: one line naming the argument, not jsonargparse's 18-line Union dump.
+
+    Through ``cli.run()`` with the command line in ``sys.argv`` (the shell entry point, in this process); the first
+    case also as a real ``python cli.py`` process."""
     key = edit.split(":")[0]
     text = (cli.CONFIG_DIR / "glue.yaml").read_text()
     # The sparsifier's line of that key (the first callback's), or a new line under its pattern for a key it lacks.
@@ -233,12 +238,18 @@ def test_config_time_errors_of_the_callbacks_are_one_line(tmp_path: Path, edit: 
     text = text.replace(line, indent + edit, 1) if line else text.replace(anchor, f"{anchor}\n{indent}{edit}", 1)
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    result = subprocess.run([sys.executable, "cli.py", "fit", "--config", str(config)], capture_output=True, text=True,
-                            cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
-    assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
-    assert "Does not validate against any of the Union subtypes" not in result.stderr
+    monkeypatch.setattr(sys, "argv", ["cli.py", "fit", "--config", str(config)])
+    with pytest.raises(SystemExit) as exit_:
+        cli.run()
+    stderr = capsys.readouterr().err
+    errors = [line for line in stderr.splitlines() if line.startswith("error:")]
+    assert exit_.value.code in (1, 2) and "Traceback" not in stderr
+    assert len(errors) == 1 and message in errors[0], stderr[-3000:]
+    assert "Does not validate against any of the Union subtypes" not in stderr
+    if edit == "pattern: 2:4":
+        result = subprocess.run([sys.executable, "cli.py", "fit", "--config", str(config)], capture_output=True,
+                                text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+        assert result.returncode == 2 and "Traceback" not in result.stderr and message in result.stderr
 
 
 def test_only_the_projects_own_errors_are_shortened() -> None:

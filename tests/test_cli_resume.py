@@ -132,16 +132,24 @@ def test_resume_picks_the_newest_run_and_continues_its_version(tmp_path: Path) -
         cli.resolve_last_checkpoint(config)
 
 
-def test_a_checkpoint_of_random_bytes_is_one_line_before_any_model_is_built(tmp_path: Path) -> None:
+def test_a_checkpoint_of_random_bytes_is_one_line_before_any_model_is_built(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """It gave torch.load's unpickling traceback, whose advice (weights_only=False) would run arbitrary code."""
     broken = tmp_path / "broken.ckpt"
     broken.write_bytes(os.urandom(4096))
-    for command in ("fit", "validate"):
-        result = subprocess.run([sys.executable, "cli.py", command, "--config", "glue_dense.yaml", "--ckpt_path", str(broken)],
-                                cwd=REPO, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
-        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
-        assert result.returncode != 0 and "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
-        assert len(errors) == 1 and "is not a PyTorch checkpoint (not a zip archive" in errors[0]
-    missing = subprocess.run([sys.executable, "cli.py", "validate", "--config", "glue_dense.yaml", "--ckpt_path",
-                              str(tmp_path / "nowhere.ckpt")], cwd=REPO, capture_output=True, text=True)  # fmt: skip
-    assert missing.returncode != 0 and "nowhere.ckpt: no such file" in missing.stderr and "Traceback" not in missing.stderr
+    command = ["cli.py", "fit", "--config", "glue_dense.yaml", "--ckpt_path", str(broken)]
+    result = subprocess.run([sys.executable, *command], cwd=REPO, capture_output=True, text=True,
+                            env={**os.environ, "HF_HUB_OFFLINE": "1"})  # fmt: skip
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr and "weights_only=False" not in result.stderr
+    assert len(errors) == 1 and "is not a PyTorch checkpoint (not a zip archive" in errors[0]
+    for checkpoint, message in (
+        (broken, "is not a PyTorch checkpoint"),
+        (tmp_path / "nowhere.ckpt", "nowhere.ckpt: no such file"),
+    ):
+        monkeypatch.setattr(sys, "argv", ["cli.py", "validate", "--config", "glue_dense.yaml", "--ckpt_path", str(checkpoint)])
+        with pytest.raises(SystemExit) as exit_:
+            cli.run()
+        stderr = capsys.readouterr().err
+        assert exit_.value.code == 1 and message in stderr and "Traceback" not in stderr
