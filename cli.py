@@ -107,7 +107,7 @@ def resolve_last_checkpoint(fit: Namespace) -> None:
     dirpath = fit.get("checkpoint.dirpath")
     root = fit.trainer.get("default_root_dir") or "."
     logger = _first_logger(fit.trainer, root)
-    versions: dict[Path, Any] = {}  # checkpoint folder -> logger version that writes it
+    versions: dict[Path, int] = {}  # checkpoint folder -> the logger version that writes it
     if dirpath is not None:
         folders = [Path(dirpath)]
     elif logger is None:  # no logger: ModelCheckpoint writes to default_root_dir/checkpoints
