@@ -159,8 +159,7 @@ class Exploration(Study):
             spec.callback_args[callback] = {**spec.callback_args.get(callback, {}), **args}
         if variant.edits.get(ADMM_CALLBACK, {}).keys() - {"update_every"}:  # the phase changed: its Z-step interval too
             admm = {k: v for k, v in spec.callback_args[ADMM_CALLBACK].items() if k != "update_every"}
-            spec.callback_args[ADMM_CALLBACK] = admm
-            spec.callback_args[ADMM_CALLBACK] = {**admm, **zstep_args(spec)}
+            spec.callback_args[ADMM_CALLBACK] = {**admm, **zstep_args(spec)}  # zstep_args ignores the old interval
         spec.model_args = dict(variant.model_edits)
         spec.variant = name
         return spec

@@ -63,7 +63,7 @@ class ProgressLogCallback(Callback):
         self._report(trainer, None, epoch_end=True)
 
     def progress_line(self, trainer: pl.Trainer, loss: float | None, epoch_end: bool = False) -> str:
-        """The line for the trainer's state now (pure formatting, tested on its own)."""
+        """The line for the trainer's state now."""
         epochs = f"/{trainer.max_epochs}" if trainer.max_epochs and trainer.max_epochs > 0 else ""
         total = trainer.estimated_stepping_batches
         steps = f"/{int(total)}" if math.isfinite(total) else ""
