@@ -1,47 +1,34 @@
-"""Small helpers the callbacks share."""
+"""Lightning-side helpers the callbacks share: when an optimizer step happened, divergence errors, logging, the
+strategy and export-folder checks. The tensor work they call lives in :mod:`nxm_lightning.sparsity`.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import lightning.pytorch as pl
 import torch
 
 from nxm_lightning.sparsity.export import check_export_target
-from nxm_lightning.sparsity.nxm import nxm_mask
-from nxm_lightning.sparsity.targets import Target
 
 
-def optimizer_stepped(callback: object, trainer: pl.Trainer) -> bool:
-    """True once per optimizer step (global_step advanced since the last call): skips accumulation micro-batches."""
-    stepped = trainer.global_step != getattr(callback, "_seen_step", None)
-    callback._seen_step = trainer.global_step  # type: ignore[attr-defined]
-    return stepped
+class OptimizerStepGate:
+    """Tells a callback's ``on_train_batch_end`` whether an optimizer step was taken since it last asked: with
+    gradient accumulation most batches end without one, and what a callback does "after each step" must skip them."""
 
+    def __init__(self) -> None:
+        self._seen_step: int | None = None
 
-@contextmanager
-def restore_weights(targets: list[Target]) -> Iterator[None]:
-    """Run the block, then put the targets' weights back as they were."""
-    saved = [t.weight.detach().clone() for t in targets]
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for t, weight in zip(targets, saved):
-                t.weight.copy_(weight)
+    def reset(self, trainer: pl.Trainer) -> None:
+        """Start counting from the current step (at train start: a resumed run has taken its steps already)."""
+        self._seen_step = trainer.global_step
 
-
-@torch.no_grad()
-def project_targets(targets: list[Target], masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
-    """Cut every target to its N:M pattern, with the given masks or else by magnitude; returns the masks."""
-    chosen = {}
-    for t in targets:
-        mask = masks[t.name] if masks is not None else nxm_mask(t.weight, t.pattern.n, t.pattern.m)
-        t.weight.mul_(mask)
-        chosen[t.name] = mask
-    return chosen
+    def stepped(self, trainer: pl.Trainer) -> bool:
+        """True once per optimizer step (``global_step`` advanced since the last call)."""
+        stepped = trainer.global_step != self._seen_step
+        self._seen_step = trainer.global_step
+        return stepped
 
 
 # What to change when training diverges, by phase: rho only exists in the ADMM phase.

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from callbacks._common import check_export_dir_at_fit_start, log_now, optimizer_stepped, project_targets, refuse_sharded_strategy
+from callbacks._common import OptimizerStepGate, check_export_dir_at_fit_start, log_now, refuse_sharded_strategy
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
@@ -18,9 +18,9 @@ from nxm_lightning.sparsity.export import export_pretrained
 from nxm_lightning.sparsity.model_card import card_facts
 from nxm_lightning.sparsity.nxm import first_violation
 from nxm_lightning.sparsity.precision import compute_dtype
-from nxm_lightning.sparsity.saliency import Saliency, SquaredGradientSum, check_saliency
+from nxm_lightning.sparsity.saliency import FisherEstimate, Saliency, check_saliency
 from nxm_lightning.sparsity.sparse_linear import NxMLinear, check_backend_name, reroute_to_backend, route_to_backend
-from nxm_lightning.sparsity.targets import Target
+from nxm_lightning.sparsity.targets import Target, project_targets
 
 
 class HardPruneCallback(TargetingCallback):
@@ -113,8 +113,9 @@ class HardPruneCallback(TargetingCallback):
         self.scores: dict[str, float] = {}
         self._last_validation: tuple[int, int, float] | None = None  # (global step, epoch, val/score) after the cut
         self.follow_admm = False
-        self.fisher: SquaredGradientSum | None = None  # saliency="fisher", until the cut
+        self.fisher: FisherEstimate | None = None  # saliency="fisher": the sum of squared gradients, until the cut
         self._pending_state: dict[str, Any] | None = None
+        self._step_gate = OptimizerStepGate()
 
     @property
     def pruned(self) -> bool:
@@ -151,12 +152,12 @@ class HardPruneCallback(TargetingCallback):
         self.follow_admm = sparsify is not None
         if sparsify is not None:
             self.targets = sparsify.targets
-            sparsify.add_end_listener(lambda tr, module, masks: self._prune(tr, module, "the end of the ADMM phase", masks))
+            sparsify.add_end_listener(self._prune_after_admm)
         else:
             self.targets = self.spec.select(pl_module)
         refuse_fp16_weights(trainer, self.targets, type(self).__name__)
         if self.saliency == "fisher":
-            self.fisher = SquaredGradientSum(self.targets)
+            self.fisher = FisherEstimate(self.targets)
         if self._pending_state is not None:
             self._load_state(self._pending_state)
             self._pending_state = None
@@ -216,6 +217,10 @@ class HardPruneCallback(TargetingCallback):
             f"density {metrics['sparsity/overall_density']:.4f}" + (f"; val score {scores}" if scores else "")
         )
 
+    def _prune_after_admm(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, torch.Tensor]) -> None:
+        """The sparsifier's end listener: cut with the masks its ADMM phase chose."""
+        self._prune(trainer, pl_module, "the end of the ADMM phase", masks)
+
     def _sparsity_metrics(self) -> dict[str, float]:
         metrics, kept, total = {}, 0, 0
         for t in self.targets:
@@ -232,7 +237,7 @@ class HardPruneCallback(TargetingCallback):
             t.weight.mul_(self.masks[t.name])
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._seen_step = trainer.global_step
+        self._step_gate.reset(trainer)
 
     def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.at_epoch is not None and trainer.current_epoch >= self.at_epoch:
@@ -255,7 +260,7 @@ class HardPruneCallback(TargetingCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if optimizer_stepped(self, trainer) and self.pruned:
+        if self._step_gate.stepped(trainer) and self.pruned:
             self._apply_masks()
 
     # ---- the end of fit: guaranteed prune, export, backend ---------------------------------------------------------

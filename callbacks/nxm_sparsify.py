@@ -12,21 +12,19 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import (
+    OptimizerStepGate,
     log_now,
     non_finite_error,
-    optimizer_stepped,
-    project_targets,
     raise_if_non_finite,
     refuse_sharded_strategy,
-    restore_weights,
     step_loss,
 )
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
-from nxm_lightning.sparsity.admm import PENALTY_MODES, ADMMState, PenaltyMode, ZStepStats
+from nxm_lightning.sparsity.admm import ADMMState, PenaltyMode, ZStepStats, check_admm_args
 from nxm_lightning.sparsity.saliency import Saliency
-from nxm_lightning.sparsity.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
-from nxm_lightning.sparsity.targets import Target, describe_targets
+from nxm_lightning.sparsity.schedule import PhasePlan, check_phase_points, check_rho_schedule, plan_phase, single_point
+from nxm_lightning.sparsity.targets import Target, describe_targets, project_targets, restore_weights
 
 EndListener = Callable[[pl.Trainer, pl.LightningModule, dict[str, torch.Tensor]], None]
 
@@ -103,31 +101,21 @@ class NxMSparsifyCallback(TargetingCallback):
         **targets: Any,
     ) -> None:
         super().__init__(**targets)
-        if penalty not in PENALTY_MODES:
-            raise ValueError(f"penalty={penalty!r} is not valid; choose one of {list(PENALTY_MODES)}.")
         if update_every is not None and update_every < 1:
             raise ValueError(f"update_every={update_every} must be >= 1 (optimizer steps), or null for once per epoch.")
         self.start = single_point("start", start_epoch, start_step, start_fraction)
         self.end = single_point("end", end_epoch, end_step, end_fraction)
-        if self.start and self.end and self.start[0] == self.end[0] and self.start[1] >= self.end[1]:
-            raise ValueError(
-                f"The ADMM phase would start (start_{self.start[0]}={self.start[1]}) at or after its end "
-                f"(end_{self.end[0]}={self.end[1]}): set the start point before the end point."
-            )
-        if rho_factor == "auto":
-            if rho_max is None or rho_max <= rho:
-                raise ValueError(f"rho_factor: auto grows rho from rho={rho} to rho_max: set rho_max above rho (got {rho_max}).")
-        elif not isinstance(rho_factor, (int, float)):
-            raise ValueError(f"rho_factor={rho_factor!r} must be a number >= 1 or 'auto'.")
+        check_phase_points(self.start, self.end)
+        check_rho_schedule(rho, rho_factor, rho_max)
+        # Validated now, so that a bad config fails before any model is loaded (TargetSpec checks the patterns); an
+        # auto factor is resolved by the phase plan at train start, and checked here as the constant schedule.
+        check_admm_args(rho, 1.0 if rho_factor == "auto" else rho_factor, rho_max, penalty, saliency)
         if not (0 <= converged_flip_rate <= 1 and converged_residual >= 0):
             raise ValueError(
                 f"converged_flip_rate={converged_flip_rate} must be in [0, 1] and converged_residual={converged_residual} >= 0."
             )
-        self.rho_factor = rho_factor
-        self.admm_args = {"rho": rho, "rho_factor": 1.0 if rho_factor == "auto" else rho_factor, "rho_max": rho_max,
-                          "penalty": penalty, "saliency": saliency}  # fmt: skip
-        # Validate rho now, so that a bad config fails before any model is loaded (TargetSpec checks the patterns).
-        ADMMState([], **self.admm_args)
+        self.rho, self.rho_factor, self.rho_max = rho, rho_factor, rho_max
+        self.penalty, self.saliency = penalty, saliency
         self.update_every = update_every
         self.converged_flip_rate, self.converged_residual = converged_flip_rate, converged_residual
         self.end_when_converged = end_when_converged
@@ -137,10 +125,10 @@ class NxMSparsifyCallback(TargetingCallback):
         self.admm: ADMMState | None = None
         self.finished = False
         self.last_stats: ZStepStats | None = None
-        self.start_step = 0
-        self.end_step: int | None = None
+        self.plan: PhasePlan | None = None  # at train start, once the length of training is known
         self._pending_state: dict[str, Any] | None = None
         self._end_listeners: list[EndListener] = []
+        self._step_gate = OptimizerStepGate()
 
     def add_end_listener(self, listener: EndListener) -> None:
         """Call ``listener(trainer, pl_module, masks)`` when the ADMM phase ends, with the N:M masks a cut keeps under
@@ -155,7 +143,9 @@ class NxMSparsifyCallback(TargetingCallback):
         refuse_sharded_strategy(trainer, type(self).__name__)
         self.targets = self.spec.select(pl_module)
         refuse_fp16_weights(trainer, self.targets, type(self).__name__)
-        self.admm = ADMMState(self.targets, **self.admm_args)
+        # The factor is the plan's (rho_factor: auto), set at train start before the phase can begin.
+        self.admm = ADMMState(self.targets, rho=self.rho, rho_factor=1.0 if self.rho_factor == "auto" else self.rho_factor,
+                              rho_max=self.rho_max, penalty=self.penalty, saliency=self.saliency)  # fmt: skip
         if self.eval_pruned and not callable(getattr(pl_module, "evaluate_score", None)):
             raise ValueError(
                 f"eval_pruned: true needs the LightningModule to define evaluate_score(dataloaders) -> float; "
@@ -178,59 +168,29 @@ class NxMSparsifyCallback(TargetingCallback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         assert self.admm is not None
         self._plan_phase(trainer)
-        self._seen_step = trainer.global_step
+        self._step_gate.reset(trainer)
         self._maybe_start(trainer)
 
     def _plan_phase(self, trainer: pl.Trainer) -> None:
-        """Turn the start and end points into optimizer steps and check them (and the rho schedule) before step one."""
+        """Plan the phase in optimizer steps (:func:`~nxm_lightning.sparsity.schedule.plan_phase`) before step one."""
         assert self.admm is not None
         total = int(trainer.estimated_stepping_batches)
         batches = trainer.num_training_batches  # inf for an iterable without a length
         per_epoch = max(1, math.ceil(batches / trainer.accumulate_grad_batches)) if math.isfinite(batches) else total
-        self.start_step = point_to_step(self.start, total, per_epoch) if self.start else 0
-        # No end point: the phase lasts to the end of fit (planned as ending at the last step).
-        self.end_step = point_to_step(self.end, total, per_epoch) if self.end else None
-        end_step = self.end_step if self.end_step is not None else total
-        where = f"training has {total} optimizer steps ({per_epoch} per epoch)"
-        if self.start_step >= total:
-            raise ValueError(
-                f"The ADMM phase would start at step {self.start_step}, but {where}: lower the start point or train longer."
-            )
-        if self.start_step >= end_step:
-            raise ValueError(
-                f"The ADMM phase would start at step {self.start_step} and end at step {end_step} ({where}): set the "
-                "start point before the end point."
-            )
-        zsteps = zsteps_in_phase(self.start_step, min(end_step, total), self.update_every, per_epoch)
-        rho, rho_max = self.admm_args["rho"], self.admm_args["rho_max"]
-        if self.rho_factor == "auto":
-            if zsteps < 2:
-                raise ValueError(
-                    f"rho_factor: auto grows rho from {rho} to rho_max={rho_max} over the phase's Z-steps, but the phase "
-                    f"(steps {self.start_step} to {end_step}) has {zsteps}: Z-step more often (update_every) or lengthen it."
-                )
-            self.admm.rho_factor = geometric_rho_factor(rho, rho_max, zsteps)
-        elif rho_max is not None and self.rho_factor > 1:
-            reached = rho_sequence(rho, self.rho_factor, rho_max, zsteps)[-1] if zsteps else rho
-            if reached < rho_max * (1 - 1e-6):
-                needed = geometric_rho_factor(rho, rho_max, zsteps)
-                raise ValueError(
-                    f"rho grows from {rho} by x{self.rho_factor} per Z-step, but the phase (steps {self.start_step} to "
-                    f"{end_step}) has only {zsteps} Z-steps, so rho reaches {reached:.3g}, not rho_max={rho_max}. "
-                    f"Use rho_factor >= {needed:.3f} (or rho_factor: auto), Z-step more often (update_every), or "
-                    "lengthen the phase."
-                )
-        self.zsteps_planned = zsteps
+        self.plan = plan_phase(self.start, self.end, total, per_epoch, self.update_every, self.rho, self.rho_factor,
+                               self.rho_max)  # fmt: skip
+        self.admm.rho_factor = self.plan.rho_factor
 
     def _maybe_start(self, trainer: pl.Trainer) -> None:
         assert self.admm is not None
-        if self.admm.initialized or self.finished or trainer.global_step < self.start_step:
+        assert self.plan is not None
+        if self.admm.initialized or self.finished or trainer.global_step < self.plan.start_step:
             return
         self.admm.initialize()
         rank_zero_info(
             f"NxMSparsifyCallback: ADMM phase starts at step {trainer.global_step} (ends at step "
-            f"{self.end_step if self.end_step is not None else 'the end of fit'}; "
-            f"{self.zsteps_planned} Z-steps; rho {self.admm.rho:.3g} x{self.admm.rho_factor:.4g} per Z-step"
+            f"{self.plan.end_step if self.plan.end_step is not None else 'the end of fit'}; "
+            f"{self.plan.zsteps} Z-steps; rho {self.admm.rho:.3g} x{self.admm.rho_factor:.4g} per Z-step"
             + (f", up to {self.admm.rho_max:.3g})." if self.admm.rho_max is not None else ").")
         )
 
@@ -253,7 +213,7 @@ class NxMSparsifyCallback(TargetingCallback):
     def on_train_batch_end(
         self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
     ) -> None:
-        if not optimizer_stepped(self, trainer):
+        if not self._step_gate.stepped(trainer):
             return
         if not self.active:
             self._maybe_start(trainer)
@@ -272,15 +232,20 @@ class NxMSparsifyCallback(TargetingCallback):
             converged = self._z_step(trainer)
         if converged and self.end_when_converged:
             self._end(trainer, pl_module, f"step {trainer.global_step} (converged)")
-        elif self.end_step is not None and trainer.global_step >= self.end_step:
+        elif self._past_end(trainer):
             self._end(trainer, pl_module, f"step {trainer.global_step}")
 
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.active or self.update_every is not None:
             return
         converged = self._z_step(trainer)
-        if (converged and self.end_when_converged) or (self.end_step is not None and trainer.global_step >= self.end_step):
+        if (converged and self.end_when_converged) or self._past_end(trainer):
             self._end(trainer, pl_module, f"the end of epoch {trainer.current_epoch}")
+
+    def _past_end(self, trainer: pl.Trainer) -> bool:
+        """The planned end of the phase is reached (never, without an end point: the phase lasts to fit end)."""
+        assert self.plan is not None
+        return self.plan.end_step is not None and trainer.global_step >= self.plan.end_step
 
     def _z_step(self, trainer: pl.Trainer) -> bool:
         """One Z/U update, logged; returns whether it met the convergence thresholds."""

@@ -12,9 +12,9 @@ from lightning.pytorch.callbacks import Callback
 
 from callbacks._common import step_loss
 from callbacks.finite_guard import training_phase
+from nxm_lightning.sparsity.choices import check_choice
 
 When = Literal["auto", "always", "never"]
-WHEN = ("auto", "always", "never")
 
 
 class ProgressLogCallback(Callback):
@@ -37,8 +37,7 @@ class ProgressLogCallback(Callback):
     def __init__(self, every_n_steps: int = 50, when: When = "auto") -> None:
         if every_n_steps < 1:
             raise ValueError(f"every_n_steps={every_n_steps} must be >= 1 (optimizer steps between two progress lines).")
-        if when not in WHEN:
-            raise ValueError(f"when={when!r} is not valid; choose one of {list(WHEN)}.")
+        check_choice("when", when, When)
         self.every_n_steps = every_n_steps
         self.when = when
         self._started = time.monotonic()

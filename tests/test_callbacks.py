@@ -391,7 +391,7 @@ def test_a_run_killed_while_the_fisher_is_gathered_resumes_to_the_same_cut(tmp_p
 
 
 def test_hard_prune_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="Valid backends: auto, masked, packed, semi_structured"):
+    with pytest.raises(ValueError, match="Valid values: auto, masked, packed, semi_structured"):
         HardPruneCallback(backend="fastest")
     with pytest.raises(ValueError, match="at most one"):
         HardPruneCallback(at_epoch=1, at_step=3)

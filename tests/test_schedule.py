@@ -4,7 +4,17 @@ from __future__ import annotations
 
 import pytest
 
-from nxm_lightning.sparsity.schedule import geometric_rho_factor, point_to_step, rho_sequence, single_point, zsteps_in_phase
+from nxm_lightning.sparsity.schedule import (
+    PhasePlan,
+    check_phase_points,
+    check_rho_schedule,
+    geometric_rho_factor,
+    plan_phase,
+    point_to_step,
+    rho_sequence,
+    single_point,
+    zsteps_in_phase,
+)
 
 
 def test_points_become_optimizer_steps() -> None:
@@ -54,3 +64,40 @@ def test_good_points() -> None:
     assert single_point("start", None, None, None) is None
     assert single_point("start", 0, None, None) == ("epoch", 0)
     assert single_point("end", None, None, 0.5) == ("fraction", 0.5)
+
+
+# ---- the phase plan: pure, so every refusal is checked here without a trainer -----------------------------------------
+
+
+def test_plan_phase_resolves_points_zsteps_and_the_auto_factor() -> None:
+    # 6 epochs of 180 steps; ADMM from epoch 2 to 60% of training, a Z-step every 20 steps: 380, ..., 640 (14 Z-steps)
+    plan = plan_phase(("epoch", 2), ("fraction", 0.6), 1080, 180, 20, rho=0.01, rho_factor="auto", rho_max=0.5)
+    assert plan == PhasePlan(start_step=360, end_step=648, zsteps=14, rho_factor=pytest.approx(50 ** (1 / 13)))
+    # No points: the whole fit, the end left open (None), a constant rho kept as given.
+    assert plan_phase(None, None, 1080, 180, None, rho=1e-3, rho_factor=1.0, rho_max=None) == PhasePlan(0, None, 6, 1.0)
+
+
+@pytest.mark.parametrize(
+    ("start", "end", "update_every", "rho_factor", "message"),
+    [
+        (("step", 1080), None, 20, "auto", r"start at step 1080, but training has 1080 optimizer steps \(180 per epoch\)"),
+        (("fraction", 0.5), ("epoch", 3), 20, "auto", "would start at step 540 and end at step 540"),
+        (None, ("step", 30), 20, "auto", r"over the phase's Z-steps, but the phase \(steps 0 to 30\) has 1"),
+        (None, ("step", 100), 20, 1.5, r"only 5 Z-steps, so rho reaches 0.0506, not rho_max=0.5. Use rho_factor >= 2.659"),
+    ],
+)
+def test_plan_phase_refuses_a_phase_that_cannot_run(
+    start: tuple | None, end: tuple | None, update_every: int, rho_factor: float | str, message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        plan_phase(start, end, 1080, 180, update_every, rho=0.01, rho_factor=rho_factor, rho_max=0.5)  # type: ignore[arg-type]
+
+
+def test_phase_points_and_rho_schedule_checked_before_training_length_is_known() -> None:
+    with pytest.raises(ValueError, match=r"start \(start_epoch=3\) at or after its end \(end_epoch=3\)"):
+        check_phase_points(("epoch", 3), ("epoch", 3))
+    check_phase_points(("epoch", 3), ("step", 10))  # of different kinds: only the plan can compare them
+    with pytest.raises(ValueError, match="set rho_max above rho"):
+        check_rho_schedule(0.5, "auto", 0.5)
+    with pytest.raises(ValueError, match="must be a number >= 1 or 'auto'"):
+        check_rho_schedule(0.01, "fast", 0.5)  # type: ignore[arg-type]

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from transformers import AutoModelForSequenceClassification
 
-from nxm_lightning.sparsity.admm import ADMMState
+from nxm_lightning.sparsity.admm import ADMMState, check_admm_args
 from nxm_lightning.sparsity.nxm import NxMPattern, is_nxm, nxm_project
+from nxm_lightning.sparsity.saliency import FisherEstimate
 from nxm_lightning.sparsity.targets import describe_targets, select_targets
 
 
@@ -220,3 +221,25 @@ def test_state_roundtrip_and_mismatch() -> None:
     other = ADMMState(select_targets(other_model, "2:4", include=[r"\d"]), rho=0.1)
     with pytest.raises(ValueError, match=r"another model or N:M pattern.*shape or pattern differs: 0"):
         other.load_state_dict(state)
+
+
+def test_one_fisher_estimate_sums_or_keeps_a_running_mean() -> None:
+    layer = nn.Linear(4, 2, bias=False)
+    targets = select_targets(nn.Sequential(layer), "2:4", include=[r"0"])
+    summed, averaged = FisherEstimate(targets), FisherEstimate(targets, decay=0.5)
+    for grad in (1.0, 3.0):
+        layer.weight.grad = torch.full((2, 4), grad)
+        assert summed.update() and averaged.update()
+    assert torch.equal(summed.values["0"], torch.full((2, 4), 10.0))  # 1 + 9
+    assert torch.equal(averaged.values["0"], torch.full((2, 4), 4.75))  # 0.5 * (0.5 * 1) + 0.5 * 9
+    layer.weight.grad = None
+    assert not summed.update() and summed.steps == 2  # no gradient: nothing to add, not counted
+    with pytest.raises(ValueError, match=r"decay=1.0 must be in \[0, 1\)"):
+        FisherEstimate(targets, decay=1.0)
+
+
+def test_a_choice_is_refused_in_one_form_listing_what_is_valid() -> None:
+    with pytest.raises(
+        ValueError, match=r"penalty='sideways' is not one of \('gradient', 'decoupled'\)\. Valid values: gradient, decoupled\."
+    ):
+        check_admm_args(0.1, 1.0, None, "sideways")  # type: ignore[arg-type]

@@ -30,13 +30,13 @@ from typing import Literal
 
 import torch
 
-from nxm_lightning.sparsity.finite import all_finite
+from nxm_lightning.sparsity.choices import check_choice, choices_of
 from nxm_lightning.sparsity.nxm import nxm_mask
-from nxm_lightning.sparsity.saliency import Saliency, check_saliency, fisher_saliency
+from nxm_lightning.sparsity.saliency import FisherEstimate, Saliency, check_saliency
 from nxm_lightning.sparsity.targets import Target
 
 PenaltyMode = Literal["gradient", "decoupled"]
-PENALTY_MODES = ("gradient", "decoupled")
+PENALTY_MODES = choices_of(PenaltyMode)
 # Running mean of the squared gradients for saliency="fisher": about the last 100 optimizer steps.
 FISHER_DECAY = 0.99
 
@@ -71,6 +71,31 @@ class ZStepStats:
         return self.mask_flip_rate <= max_flip_rate and self.primal_residual <= max_primal_residual
 
 
+def check_admm_args(
+    rho: float, rho_factor: float, rho_max: float | None, penalty: PenaltyMode, saliency: Saliency = "magnitude"
+) -> None:
+    """Raise ``ValueError`` (saying which value and what is valid) unless the arguments make a usable ADMM state.
+
+    Called by :class:`ADMMState` and by constructors that take these arguments, so that a bad config fails when it is
+    read, before any model is loaded.
+    """
+    check_choice("penalty", penalty, PenaltyMode)
+    check_saliency(saliency)
+    if not (math.isfinite(rho) and rho > 0):
+        raise ValueError(f"rho={rho} must be a positive finite number (the paper uses 1e-3 to 1e-2).")
+    if not (math.isfinite(rho_factor) and rho_factor >= 1):  # NaN compares False with everything
+        raise ValueError(f"rho_factor={rho_factor} must be a finite number >= 1 (1 keeps rho constant).")
+    if rho_max is not None and not (math.isfinite(rho_max) and rho_max > 0):
+        raise ValueError(f"rho_max={rho_max} must be a positive finite number (the cap of rho's growth), or null.")
+    if penalty == "decoupled" and max(rho, rho_max or rho) >= 1:
+        raise ValueError(
+            f"With penalty='decoupled', rho (={rho}) and rho_max (={rho_max}) are the fraction of (W - Z + U) "
+            "removed per step: use values in (0, 1), e.g. rho=0.01, and set rho_max below 1 when rho grows."
+        )
+    if penalty == "decoupled" and rho_factor > 1 and rho_max is None:
+        raise ValueError("With penalty='decoupled' and rho_factor > 1, set rho_max (< 1) to cap the growth.")
+
+
 class ADMMState:
     """Z, U, masks and rho for a set of targets; everything a resumed run needs is in :meth:`state_dict`.
 
@@ -92,22 +117,7 @@ class ADMMState:
         penalty: PenaltyMode = "gradient",
         saliency: Saliency = "magnitude",
     ) -> None:
-        if penalty not in PENALTY_MODES:
-            raise ValueError(f"penalty={penalty!r} is not one of {PENALTY_MODES}.")
-        check_saliency(saliency)
-        if not (math.isfinite(rho) and rho > 0):
-            raise ValueError(f"rho={rho} must be a positive finite number (the paper uses 1e-3 to 1e-2).")
-        if not (math.isfinite(rho_factor) and rho_factor >= 1):  # NaN compares False with everything
-            raise ValueError(f"rho_factor={rho_factor} must be a finite number >= 1 (1 keeps rho constant).")
-        if rho_max is not None and not (math.isfinite(rho_max) and rho_max > 0):
-            raise ValueError(f"rho_max={rho_max} must be a positive finite number (the cap of rho's growth), or null.")
-        if penalty == "decoupled" and max(rho, rho_max or rho) >= 1:
-            raise ValueError(
-                f"With penalty='decoupled', rho (={rho}) and rho_max (={rho_max}) are the fraction of (W - Z + U) "
-                "removed per step: use values in (0, 1), e.g. rho=0.01, and set rho_max below 1 when rho grows."
-            )
-        if penalty == "decoupled" and rho_factor > 1 and rho_max is None:
-            raise ValueError("With penalty='decoupled' and rho_factor > 1, set rho_max (< 1) to cap the growth.")
+        check_admm_args(rho, rho_factor, rho_max, penalty, saliency)
         self.targets = targets
         self.rho = float(rho)
         self.rho_factor = float(rho_factor)
@@ -118,7 +128,7 @@ class ADMMState:
         self.z: dict[str, torch.Tensor] = {}
         self.u: dict[str, torch.Tensor] = {}
         self.mask: dict[str, torch.Tensor] = {}
-        self.fisher: dict[str, torch.Tensor] = {}
+        self.fisher_estimate: FisherEstimate | None = None  # saliency="fisher", during the phase
         # ||W - Z + U|| right after the last update: the distance the next W-step has to cover.
         self.gap_after_update = math.nan
 
@@ -134,35 +144,31 @@ class ADMMState:
             self.mask[t.name] = nxm_mask(w, t.pattern.n, t.pattern.m)
             self.z[t.name] = w * self.mask[t.name]
             self.u[t.name] = torch.zeros_like(w, memory_format=torch.contiguous_format)
-            if self.saliency == "fisher":
-                self.fisher[t.name] = torch.zeros_like(self.u[t.name])
+        if self.saliency == "fisher":
+            self.fisher_estimate = FisherEstimate(self.targets, decay=FISHER_DECAY)
         self.gap_after_update = self._gap()
+
+    @property
+    def fisher(self) -> dict[str, torch.Tensor]:
+        """The running mean of each target's squared gradient (``saliency="fisher"``; empty otherwise)."""
+        return self.fisher_estimate.values if self.fisher_estimate is not None else {}
 
     @torch.no_grad()
     def accumulate_fisher(self, grad_scale: float = 1.0) -> bool:
         """F = d F + (1 - d) grad^2 for ``saliency="fisher"``, once per optimizer step; returns whether F was updated.
 
-        A step whose gradients hold a NaN or Inf is left out: under ``16-mixed`` the gradient scaler skips exactly
-        those steps (its scale was too large), and one Inf would otherwise stay in F for good. A real divergence is
-        caught on the weights (:meth:`non_finite_layer`).
+        A step whose gradients hold a NaN or Inf is left out (see :class:`~nxm_lightning.sparsity.saliency.FisherEstimate`);
+        a real divergence is caught on the weights (:meth:`non_finite_layer`).
 
         Args:
             grad_scale: the factor the gradients still carry (the gradient scaler's scale when the optimizer unscales
                 inside its own step; 1 when they are unscaled).
         """
-        if self.saliency != "fisher":
-            return False
-        grads = {t.name: t.grad for t in self.targets if t.grad is not None}
-        if not all_finite(grads.values()):
-            return False
-        for name, grad in grads.items():
-            grad = grad.to(self.fisher[name].dtype) / grad_scale
-            self.fisher[name].mul_(FISHER_DECAY).addcmul_(grad, grad, value=1 - FISHER_DECAY)
-        return True
+        return self.fisher_estimate.update(grad_scale) if self.fisher_estimate is not None else False
 
     def _score(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """What the N:M projection ranks: ``|value|``, or ``F value^2`` (+ a tie-break by magnitude) for fisher."""
-        return value if self.saliency == "magnitude" else fisher_saliency(self.fisher[name], value)
+        return value if self.fisher_estimate is None else self.fisher_estimate.saliency(name, value)
 
     @torch.no_grad()
     def cut_masks(self) -> dict[str, torch.Tensor]:
@@ -268,12 +274,15 @@ class ADMMState:
 
     def release(self) -> None:
         """Free Z, U and the masks once the ADMM phase is over."""
-        self.z, self.u, self.mask, self.fisher = {}, {}, {}, {}
+        self.z, self.u, self.mask = {}, {}, {}
+        self.fisher_estimate = None
 
     def to(self, device: torch.device) -> None:
-        for store in (self.z, self.u, self.mask, self.fisher):
+        for store in (self.z, self.u, self.mask):
             for name, tensor in store.items():
                 store[name] = tensor.to(device)
+        if self.fisher_estimate is not None:
+            self.fisher_estimate.to(device)
 
     def state_dict(self) -> dict:
         """Tensors and plain Python values only, so checkpoints load with ``weights_only=True``."""
@@ -300,12 +309,16 @@ class ADMMState:
         self.mask = {k: v.to(device) for k, v in state["mask"].items()}
         # Checkpoints from before saliency="fisher" existed have neither entry.
         self.gap_after_update = float(state.get("gap_after_update", math.nan))
-        self.fisher = {k: v.to(device) for k, v in state.get("fisher", {}).items()}
-        if self.saliency == "fisher" and set(self.fisher) != {t.name for t in self.targets}:
+        if self.saliency != "fisher":
+            return
+        fisher = state.get("fisher", {})
+        if set(fisher) != {t.name for t in self.targets}:
             raise ValueError(
                 "This checkpoint's ADMM state has no Fisher estimate (it was written with saliency='magnitude'). "
                 "Resume with saliency: magnitude, or start a new run without ckpt_path."
             )
+        self.fisher_estimate = FisherEstimate(self.targets, decay=FISHER_DECAY)
+        self.fisher_estimate.values = {k: v.to(device) for k, v in fisher.items()}
 
 
 def check_layers_match(patterns: dict[str, str], shapes: dict[str, list[int]], targets: list[Target], what: str) -> None:

@@ -8,6 +8,8 @@ of training before the first step is taken.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal
 
 POINT_KINDS = ("epoch", "step", "fraction")
 
@@ -35,6 +37,89 @@ def single_point(what: str, epoch: int | None, step: int | None, fraction: float
         if int(value) != value or value < lowest:
             raise ValueError(f"{what}_{kind}={value} must be a whole number >= {lowest}.")
     return kind, value
+
+
+def check_phase_points(start: tuple[str, float] | None, end: tuple[str, float] | None) -> None:
+    """Refuse a start point at or after an end point of the same kind (the others are checked by :func:`plan_phase`,
+    once the length of training is known)."""
+    if start and end and start[0] == end[0] and start[1] >= end[1]:
+        raise ValueError(
+            f"The ADMM phase would start (start_{start[0]}={start[1]}) at or after its end (end_{end[0]}={end[1]}): "
+            "set the start point before the end point."
+        )
+
+
+def check_rho_schedule(rho: float, rho_factor: float | Literal["auto"], rho_max: float | None) -> None:
+    """Refuse a rho schedule that cannot work whatever the phase's length: ``auto`` without a ``rho_max`` above
+    ``rho``, or a factor that is not a number."""
+    if rho_factor == "auto":
+        if rho_max is None or rho_max <= rho:
+            raise ValueError(f"rho_factor: auto grows rho from rho={rho} to rho_max: set rho_max above rho (got {rho_max}).")
+    elif not isinstance(rho_factor, (int, float)):
+        raise ValueError(f"rho_factor={rho_factor!r} must be a number >= 1 or 'auto'.")
+
+
+@dataclass(frozen=True)
+class PhasePlan:
+    """Where the ADMM phase falls in training and how rho grows in it, in optimizer steps."""
+
+    start_step: int  # the phase starts once this many optimizer steps are done
+    end_step: int | None  # it ends at this step (None: at the end of fit)
+    zsteps: int  # the Z/U updates that fall inside it
+    rho_factor: float  # rho's factor per Z-step ("auto" resolved)
+
+
+def plan_phase(
+    start: tuple[str, float] | None,
+    end: tuple[str, float] | None,
+    total_steps: int,
+    steps_per_epoch: int,
+    update_every: int | None,
+    rho: float,
+    rho_factor: float | Literal["auto"],
+    rho_max: float | None,
+) -> PhasePlan:
+    """Turn the phase's start and end points (from :func:`single_point`) into optimizer steps, count its Z-steps and
+    resolve ``rho_factor: auto``; raise ``ValueError`` saying what to change when the phase cannot run as configured.
+
+    Args:
+        start / end: the points, or None (start: the first step; end: the end of fit).
+        total_steps / steps_per_epoch: the length of training in optimizer steps.
+        update_every: Z-step every this many optimizer steps, or None for once per epoch.
+        rho / rho_factor / rho_max: the schedule (``"auto"``: the factor that reaches ``rho_max`` at the last Z-step).
+    """
+    start_step = point_to_step(start, total_steps, steps_per_epoch) if start else 0
+    # No end point: the phase lasts to the end of fit (planned as ending at the last step).
+    end_step = point_to_step(end, total_steps, steps_per_epoch) if end else None
+    last_step = end_step if end_step is not None else total_steps
+    where = f"training has {total_steps} optimizer steps ({steps_per_epoch} per epoch)"
+    if start_step >= total_steps:
+        raise ValueError(f"The ADMM phase would start at step {start_step}, but {where}: lower the start point or train longer.")
+    if start_step >= last_step:
+        raise ValueError(
+            f"The ADMM phase would start at step {start_step} and end at step {last_step} ({where}): set the start "
+            "point before the end point."
+        )
+    zsteps = zsteps_in_phase(start_step, min(last_step, total_steps), update_every, steps_per_epoch)
+    phase = f"the phase (steps {start_step} to {last_step})"
+    if rho_factor == "auto":
+        assert rho_max is not None  # check_rho_schedule
+        if zsteps < 2:
+            raise ValueError(
+                f"rho_factor: auto grows rho from {rho} to rho_max={rho_max} over the phase's Z-steps, but {phase} has "
+                f"{zsteps}: Z-step more often (update_every) or lengthen it."
+            )
+        return PhasePlan(start_step, end_step, zsteps, geometric_rho_factor(rho, rho_max, zsteps))
+    if rho_max is not None and rho_factor > 1:
+        reached = rho_sequence(rho, rho_factor, rho_max, zsteps)[-1] if zsteps else rho
+        if reached < rho_max * (1 - 1e-6):
+            needed = geometric_rho_factor(rho, rho_max, zsteps)
+            raise ValueError(
+                f"rho grows from {rho} by x{rho_factor} per Z-step, but {phase} has only {zsteps} Z-steps, so rho "
+                f"reaches {reached:.3g}, not rho_max={rho_max}. Use rho_factor >= {needed:.3f} (or rho_factor: auto), "
+                "Z-step more often (update_every), or lengthen the phase."
+            )
+    return PhasePlan(start_step, end_step, zsteps, float(rho_factor))
 
 
 def point_to_step(point: tuple[str, float], total_steps: int, steps_per_epoch: int) -> int:

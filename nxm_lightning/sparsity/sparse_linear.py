@@ -22,17 +22,17 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nxm_lightning.sparsity.choices import check_choice, choices_of
 from nxm_lightning.sparsity.nxm import NxMPattern, first_violation, nxm_mask
 from nxm_lightning.sparsity.targets import Target, as_linear
 
 Backend = Literal["auto", "masked", "packed", "semi_structured"]
-BACKENDS = ("auto", "masked", "packed", "semi_structured")
+BACKENDS = choices_of(Backend)
 SEMI_STRUCTURED_DTYPES = (torch.float16, torch.bfloat16, torch.int8)
 
 
 def check_backend_name(name: str) -> None:
-    if name not in BACKENDS:
-        raise ValueError(f"Unknown sparse backend {name!r}. Valid backends: {', '.join(BACKENDS)}.")
+    check_choice("backend", name, Backend)
 
 
 def semi_structured_unavailable_reason(

@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from nxm_lightning.sparsity.nxm import NxMPattern
+from nxm_lightning.sparsity.nxm import NxMPattern, nxm_mask
 
 try:  # GPT-2's Conv1D; without transformers installed, no module can be one
     from transformers.pytorch_utils import Conv1D
@@ -215,3 +217,26 @@ def describe_targets(model: nn.Module, targets: list[Target]) -> str:
     lines += [f"{t.name:<{width}}  {'x'.join(map(str, t.shape)):>12}  {t.pattern}" for t in targets]
     lines.append(f"{len(targets)} layers, {covered:,} weights = {100 * covered / max(total, 1):.1f}% of all {total:,} parameters")
     return "\n".join(lines)
+
+
+@torch.no_grad()
+def project_targets(targets: list[Target], masks: dict[str, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Cut every target to its N:M pattern, with the given masks or else by magnitude; returns the masks."""
+    chosen = {}
+    for t in targets:
+        mask = masks[t.name] if masks is not None else nxm_mask(t.weight, t.pattern.n, t.pattern.m)
+        t.weight.mul_(mask)
+        chosen[t.name] = mask
+    return chosen
+
+
+@contextmanager
+def restore_weights(targets: list[Target]) -> Iterator[None]:
+    """Run the block, then put the targets' weights back as they were (a temporary cut, e.g. to score it)."""
+    saved = [t.weight.detach().clone() for t in targets]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for t, weight in zip(targets, saved):
+                t.weight.copy_(weight)
