@@ -54,7 +54,7 @@ def cmd_run(args: argparse.Namespace) -> None:
     command = [
         sys.executable, "cli.py", "fit", "--config", args.config, "--data.task_name", args.task,
         "--trainer.logger.init_args.save_dir", str(run_root), "--trainer.logger.init_args.name", args.label,
-        "--trainer.logger.init_args.version", "0", *args.overrides,
+        "--trainer.logger.init_args.version", "0", "--seed_everything", str(args.seed), *args.overrides,
     ]  # fmt: skip
     run_dir = run_root / args.label / "version_0"
     if run_dir.exists():
@@ -68,19 +68,19 @@ def cmd_run(args: argparse.Namespace) -> None:
     wall_s = time.monotonic() - started
     if result.returncode != 0:
         raise SystemExit(f"the run failed (exit {result.returncode}); see {log}")
-    record = main_job_record(args.task, args.label, run_dir, command, wall_s)
-    out = RECORDS / f"{args.label}.json"
+    record = main_job_record(args.task, args.seed, args.label, run_dir, command, wall_s)
+    out = args.records_dir / f"{args.label}.json"
     write_record(out, record)
     print(summary_row(record))
     print(f"wrote {out}")
 
 
-def main_job_record(task: str, label: str, run_dir: Path, command: list[str], wall_s: float) -> dict[str, Any]:
+def main_job_record(task: str, seed: int, label: str, run_dir: Path, command: list[str], wall_s: float) -> dict[str, Any]:
     """The record of one finished main job: its metrics, convergence, resolved config, command and environment."""
     return {
         "method": "nxm_main_job",
         "task": task,
-        "seed": 42,
+        "seed": seed,
         "metrics": run_metrics(run_dir),
         "wall_s": round(wall_s, 1),
         **run_facts(run_dir, command),
@@ -137,10 +137,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     print("| run | task | final dev score | score before -> after the cut (cost) | Z-steps | last flip rate | "
           "last primal residual | converged | wall time |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
-    for path in sorted(RECORDS.glob("*.json")):
-        print(summary_row(json.loads(path.read_text())))
+    records = [json.loads(path.read_text()) for path in sorted(args.records_dir.glob("*.json"))]
+    for record in records:
+        print(summary_row(record))
     print()
-    records = [json.loads(path.read_text()) for path in sorted(RECORDS.glob("*.json"))]
     for record in records:
         print(f"- `{record['label']}`: `{record['command']}`")
     if args.plot and records:
@@ -154,10 +154,13 @@ def main(argv: list[str] | None = None) -> None:
     run.add_argument("--task", default="stsb")
     run.add_argument("--label", required=True, help="the record's name")
     run.add_argument("--config", default="configs/glue.yaml")
+    run.add_argument("--seed", type=int, default=42, help="passed as --seed_everything")
+    run.add_argument("--records-dir", type=Path, default=RECORDS, help="where the record is written")
     run.add_argument("--work-dir", type=Path, default=REPO / "benchmarks" / "results" / "main_job")
     run.add_argument("overrides", nargs="*", help="after --: more cli.py arguments")
     run.set_defaults(func=cmd_run)
     report = sub.add_parser("report", help="the markdown table of every record")
+    report.add_argument("--records-dir", type=Path, default=RECORDS, help="the records to tabulate")
     report.add_argument("--plot", type=Path, help="also draw the ADMM curves of every record to this PNG")
     report.set_defaults(func=cmd_report)
     args = parser.parse_args(argv)

@@ -472,8 +472,9 @@ def test_main_job_record_reads_the_last_zstep_against_the_thresholds(
     assert summary["last_flip_rate"] == pytest.approx(last_flip)
     assert summary["last_primal_residual"] == pytest.approx(last_residual)
     command = [sys.executable, "cli.py", "fit", "--config", "configs/glue.yaml"]
-    record = main_job.main_job_record("stsb", "x", tmp_path, command, wall_s=600.0)
+    record = main_job.main_job_record("stsb", 43, "x", tmp_path, command, wall_s=600.0)
     assert record["command"] == "python cli.py fit --config configs/glue.yaml" and record["convergence"] == summary
+    assert record["seed"] == 43
     row = main_job.summary_row(record)
     assert "**85.00**" in row and "84.30 -> 84.10 (+0.20)" in row and ("| yes |" in row) == converged
 
