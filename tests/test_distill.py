@@ -21,7 +21,7 @@ from callbacks import HardPruneCallback, NxMSparsifyCallback
 from nxm_lightning import DistillationModule, SequenceClassificationModule
 from nxm_lightning.sparsity.nxm import is_nxm
 from nxm_lightning.sparsity.verify import verify
-from nxm_lightning.tasks.distill import example_keys, hidden_state_loss, kd_loss, weights_fingerprint
+from nxm_lightning.tasks.distill import LOGIT_CACHE_KEY, example_keys, hidden_state_loss, kd_loss, weights_fingerprint
 from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name
 
 
@@ -360,6 +360,29 @@ def test_cached_logits_equal_fresh_ones_and_follow_the_teacher(tiny_bert: Path) 
     module.on_train_start()  # another teacher: every entry is stale
     assert module._logit_cache == {}
     assert module._cache_fingerprint == weights_fingerprint(module.teacher)
+
+
+def test_the_cache_travels_in_the_checkpoint_for_an_exact_resume(tiny_bert: Path, tmp_path: Path) -> None:
+    """Refilled after a resume, from other batches (other padding), the logits differed in their last bits and the
+    resumed main job drifted from the one never stopped."""
+    module = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), cache_teacher_logits=True)
+    trainer = toy_trainer(tmp_path, [], max_epochs=1, enable_checkpointing=False, limit_val_batches=0)
+    trainer.fit(module, text_loader(tiny_bert, n=16, shuffle=True))
+    trainer.save_checkpoint(tmp_path / "kd.ckpt")
+    saved = torch.load(tmp_path / "kd.ckpt", weights_only=True)
+    assert saved[LOGIT_CACHE_KEY]["logits"].shape[0] == 16
+    resumed = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), cache_teacher_logits=True)
+    resumed.on_load_checkpoint(saved)
+    resumed.on_train_start()  # the same teacher: the cache is kept
+    assert resumed._logit_cache.keys() == module._logit_cache.keys()
+    for key, logits in module._logit_cache.items():
+        assert torch.equal(resumed._logit_cache[key], logits)
+    other = DistillationModule(str(tiny_bert), teacher=str(tiny_bert), cache_teacher_logits=True)
+    with torch.no_grad():
+        other.teacher.classifier.bias.add_(1.0)
+    other.on_load_checkpoint(torch.load(tmp_path / "kd.ckpt", weights_only=True))
+    other.on_train_start()  # another teacher: its logits would be wrong
+    assert other._logit_cache == {}
 
 
 # ---- end to end: ADMM + hard prune + export; checkpoints --------------------------------------------------------

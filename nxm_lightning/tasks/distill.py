@@ -28,6 +28,8 @@ HiddenLoss = Literal["mse", "normalized"]
 HIDDEN_LOSSES = ("mse", "normalized")
 HiddenLayers = Literal["all", "last"]
 HIDDEN_LAYERS = ("all", "last")
+# The checkpoint entry holding the cached teacher logits (cache_teacher_logits), so that a resumed fit uses the same ones.
+LOGIT_CACHE_KEY = "teacher_logit_cache"
 
 
 def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, regression: bool) -> torch.Tensor:
@@ -403,6 +405,17 @@ class DistillationModule(SequenceClassificationModule):
     # ---- checkpoints: the student and a reference to the teacher ------------------------------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if self._logit_cache:
+            # A teacher's logits depend, in the last bits, on the batch they were computed in (its padded length and
+            # size); refilled after a resume from other batches, they would make the resumed fit drift from the one
+            # never stopped (the main job: 0.2 dev points on STS-B). Small: one row of logits per training example.
+            checkpoint[LOGIT_CACHE_KEY] = {
+                "fingerprint": weights_fingerprint(self.teacher),
+                "keys": torch.frombuffer(bytearray(b"".join(self._logit_cache)), dtype=torch.uint8).view(
+                    len(self._logit_cache), -1
+                ),
+                "logits": torch.stack(list(self._logit_cache.values())),
+            }
         teacher_state = {k: v for k, v in checkpoint["state_dict"].items() if k.startswith("teacher.")}
         checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k not in teacher_state}
         if self.hparams.teacher is None:  # a snapshot cannot be reloaded from anywhere else: keep its weights
@@ -413,7 +426,12 @@ class DistillationModule(SequenceClassificationModule):
                                  "fingerprint": weights_fingerprint(self.teacher)}  # fmt: skip
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Fill in the teacher's weights from the teacher itself, so that strict loading of the student works."""
+        """Fill in the teacher's weights from the teacher itself, so that strict loading of the student works; take
+        back the cached teacher logits (kept only if the teacher at train start is the one they came from)."""
+        cache = checkpoint.get(LOGIT_CACHE_KEY)
+        if cache is not None:
+            self._logit_cache = {bytes(key.tolist()): logits for key, logits in zip(cache["keys"], cache["logits"])}
+            self._cache_fingerprint = cache["fingerprint"]
         if self.hparams.teacher is None:
             snapshot = checkpoint.get("teacher_snapshot")
             if snapshot is not None:  # taken before this checkpoint: rebuild it, then load the student beside it
