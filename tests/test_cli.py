@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import re
 import subprocess
@@ -337,3 +338,47 @@ def test_bad_data_from_the_command_line_is_one_line_before_training(
     assert len(error_lines) == 1 and re.search(message, error_lines[0]), result.stderr[-3000:]
     assert "Traceback" not in result.stderr
     assert not list((tmp_path / "runs").rglob("*.ckpt")) and not (tmp_path / "dense").exists()
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "given", "expected"),
+    [(True, [], "bf16-mixed"), (False, [], "32-true"), (True, ["--trainer.precision=32-true"], "32-true")],
+    ids=["native_bf16", "emulated_bf16", "precision_given"],
+)
+def test_the_precision_follows_the_hardware_unless_given(
+    tmp_path: Path, glue_dir: Path, tiny_bert: Path, caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch, native_bf16: bool, given: list[str], expected: str,
+) -> None:  # fmt: skip
+    """No --trainer.precision: bf16-mixed on a CPU with native bf16, said in one line; fp32 elsewhere or when given.
+    validate follows the same rule, so it reproduces the score the fit logged."""
+    monkeypatch.setattr(cli, "has_fast_bf16_cpu", lambda: native_bf16)
+    caplog.set_level(logging.INFO)
+    for name in ("lightning.pytorch", "lightning.fabric"):  # Lightning's own handlers write to stderr, unpropagated
+        monkeypatch.setattr(logging.getLogger(name), "propagate", True)
+    args = [*common_args(tmp_path, glue_dir, str(tiny_bert)), *given]
+    fitted = run_cli("fit", "--config", "glue_dense.yaml", *args, "--trainer.max_epochs=1",
+                     f"--trainer.callbacks.init_args.export_dir={tmp_path / 'dense'}")  # fmt: skip
+    assert fitted.trainer.precision == expected
+    said = [message for message in caplog.messages if message.startswith("Precision bf16-mixed:")]
+    assert len(said) == (expected == "bf16-mixed" and not given)
+    saved = yaml.safe_load(Path(fitted.trainer.log_dir, "config.yaml").read_text())
+    assert saved["trainer"]["precision"] == (None if expected == "32-true" and not given else expected)
+    best = fitted.trainer.checkpoint_callback.best_model_path
+    validated = run_cli("validate", "--config", "glue_dense.yaml", *args, f"--ckpt_path={best}")
+    assert validated.trainer.precision == expected
+    assert float(validated.trainer.callback_metrics["val/score"]) == pytest.approx(
+        float(fitted.trainer.checkpoint_callback.best_model_score), abs=1e-4
+    )
+
+
+def test_the_precision_line_is_printed_by_the_command_a_user_types(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
+    """Through ``python cli.py``: the line appears exactly where this machine's CPU has native bf16."""
+    from nxm_lightning.sparsity.precision import has_fast_bf16_cpu
+
+    result = subprocess.run(
+        [sys.executable, "cli.py", "fit", "--config", "glue_dense.yaml", *common_args(tmp_path, glue_dir, str(tiny_bert)),
+         "--trainer.fast_dev_run=1", "--trainer.callbacks=[]"],
+        capture_output=True, text=True, cwd=REPO,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert ("Precision bf16-mixed: the CPU has native bf16" in result.stderr) == has_fast_bf16_cpu()
