@@ -7,8 +7,9 @@ A 2:4 MiniLM-L6: by default ``sentence-transformers/all-MiniLM-L6-v2`` (the ``gt
 with a regression head and its 36 encoder Linear weights cut to 2:4 by magnitude; with ``--export``, an nxm-lightning
 export folder (a trained model). It is exported to ONNX by :mod:`nxm_lightning.sparsity.onnx_export` and quantized by
 its :func:`~nxm_lightning.sparsity.onnx_export.quantize_int8` (ONNX Runtime's dynamic quantization, symmetric int8
-weights), both files checked with ``verify``. Three engines: PyTorch eager (eval, ``torch.inference_mode``, fp32), an
-ONNX Runtime CPU session on the fp32 file and one on the INT8 file (all graph optimisations). Cases: one forward pass
+weights), every file checked with ``verify``. Four engines: PyTorch eager (eval, ``torch.inference_mode``, fp32), an
+ONNX Runtime CPU session on the fp32 file, one on the INT8 file and one on the INT8 file whose feed-forward output
+Linears stay fp32 (``onnx_export --int8-fp32 ffn-output``; all graph optimisations). Cases: one forward pass
 at sequence 128 (no padding) and each ``--batches`` size; with ``--tasks``, one pass over each task's GLUE dev set as
 the evaluation batches it (batch 32, each batch padded to its longest member, ``max_seq_length`` 128).
 
@@ -44,7 +45,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 from benchmarks._results import finish_results, start_results
 from nxm_lightning.sparsity.export import export_pretrained
 from nxm_lightning.sparsity.nxm import nxm_project
-from nxm_lightning.sparsity.onnx_export import export_onnx, load_export, quantize_int8
+from nxm_lightning.sparsity.onnx_export import FFN_OUTPUT_LAYERS, export_onnx, load_export, quantize_int8
 from nxm_lightning.sparsity.targets import select_targets
 from nxm_lightning.sparsity.verify import verify
 from nxm_lightning.tasks.data import GLUEDataModule
@@ -55,7 +56,8 @@ RESULTS = ROOT / "benchmarks" / "results"
 THREADS = 2
 SEQ = 128
 DEV_BATCH = 32
-ENGINES = ("pytorch", "ort_fp32", "ort_int8")
+# ort_int8_ffn_fp32: INT8 but the feed-forward output Linears, the accuracy option of ``onnx_export --int8-fp32``.
+ENGINES = ("pytorch", "ort_fp32", "ort_int8", "ort_int8_ffn_fp32")
 
 Inputs = dict[str, np.ndarray]
 
@@ -73,10 +75,14 @@ def export_pruned_minilm(folder: Path) -> Path:
 
 
 def engines(export_dir: Path, folder: Path, threads: int) -> tuple[dict[str, Callable[[Inputs], np.ndarray]], list[str], Any]:
-    """``{engine: run(inputs) -> logits}`` for the three engines, the input names and the model's config."""
+    """``{engine: run(inputs) -> logits}`` for the :data:`ENGINES`, the input names and the model's config."""
     model, layers, input_names = load_export(export_dir)
     fp32 = export_onnx(model, layers, folder / "model.onnx", input_names)
-    files = {"ort_fp32": fp32, "ort_int8": quantize_int8(fp32, folder / "model.int8.onnx")}
+    files = {
+        "ort_fp32": fp32,
+        "ort_int8": quantize_int8(fp32, folder / "model.int8.onnx"),
+        "ort_int8_ffn_fp32": quantize_int8(fp32, folder / "model.int8_ffn_fp32.onnx", FFN_OUTPUT_LAYERS),
+    }
     for path in files.values():
         problems = verify(path)
         if problems:
@@ -176,13 +182,13 @@ def bench_dev(runs: dict[str, Callable], batches: list[Inputs], labels: np.ndarr
 
 def print_table(cases: dict[str, dict], rounds: int) -> None:
     print(f"\nCPU inference latency, 2:4 MiniLM-L6, {rounds} interleaved rounds, medians (speedup: PyTorch / engine)")
-    print(f"{'case':<28} " + " ".join(f"{k:>22}" for k in ENGINES) + f" {'CPU time PT / fp32 / int8':>28}")
+    print(f"{'case':<28} " + " ".join(f"{k:>22}" for k in ENGINES) + f" {'CPU time, same order':>28}")
     for case, e in cases.items():
         cells = [f"{1000 * e['median_s'][k]:8.1f} ms ({e['speedup_round_median'][k]:.2f}x)" for k in ENGINES]
         cpu = " / ".join(f"{1000 * e['cpu_median_s'][k]:.0f}" for k in ENGINES)
         print(f"{case:<28} " + " ".join(f"{c:>22}" for c in cells) + f" {cpu + ' ms':>28}")
     print("\nmax |logit difference| from PyTorch: " + "; ".join(
-        f"{case}: fp32 {e['max_abs_logit_diff']['ort_fp32']:.1e}, int8 {e['max_abs_logit_diff']['ort_int8']:.1e}"
+        f"{case}: " + ", ".join(f"{k} {e['max_abs_logit_diff'][k]:.1e}" for k in ENGINES[1:])
         for case, e in cases.items()))  # fmt: skip
     for case, e in cases.items():
         if "accuracy" in e:

@@ -24,6 +24,7 @@ from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
 from nxm_lightning.sparsity.nxm import is_nxm
 from nxm_lightning.sparsity.onnx_export import (
+    FFN_OUTPUT_LAYERS,
     INT8_PARITY_RTOL,
     METADATA_KEY,
     PARITY_ATOL,
@@ -298,6 +299,39 @@ def test_verify_int8_in_onnxruntime_fused_and_qdq_forms(bert_int8: Path, tmp_pat
     assert "DequantizeLinear" in {n.op_type for n in onnx.load(str(qdq)).graph.node} and verify_onnx(qdq) == []
 
 
+def test_int8_keeps_the_chosen_layers_fp32_and_still_2to4(bert_int8: Path, tmp_path: Path) -> None:
+    """``fp32_layers``: the feed-forward outputs' MatMuls stay fp32 (fp32, 2:4 initializers), every other layer int8."""
+    fp32 = bert_int8.parent / "model.onnx"
+    path = quantize_int8(fp32, tmp_path / "model.int8.onnx", FFN_OUTPUT_LAYERS)
+    layers = record(path)
+    kept = {name for name in layers if ".output.dense" in name and ".attention." not in name}
+    assert kept and len(kept) < len(layers)
+    quantization = json.loads({p.key: p.value for p in onnx.load(str(path)).metadata_props}[METADATA_KEY])["quantization"]
+    assert quantization["fp32_layers"] == sorted(kept)
+    for name, entry in layers.items():
+        array = initializer(path, entry["initializer"])
+        assert array.dtype == (np.float32 if name in kept else np.int8), name
+        assert is_nxm(torch.from_numpy(array.T.copy()), 2, 4), name
+    assert verify_onnx(path) == [] and verify(path) == []
+    matmuls = [n for n in onnx.load(str(path)).graph.node if n.op_type == "MatMul"]
+    assert {entry["initializer"] for name, entry in layers.items() if name in kept} <= {i for n in matmuls for i in n.input}
+    # Fewer layers quantized: the logits are nearer PyTorch's than the all-int8 file's, and still not fp32's.
+    model, _, inputs = load_export(bert_int8.parent / "export")
+    x = sample_inputs(model.config, inputs, 3, 17, seed=3)
+    partial = max_logit_difference(model, path, x, relative=True)
+    assert PARITY_ATOL < partial < max_logit_difference(model, bert_int8, x, relative=True)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [("layer.(", "'layer.\\(' is not a regular expression"), ("decoder", "'decoder' matches none of the 12 N:M layers")],
+)
+def test_int8_fp32_layers_that_are_wrong_are_refused(bert_int8: Path, tmp_path: Path, pattern: str, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        quantize_int8(bert_int8.parent / "model.onnx", tmp_path / "model.int8.onnx", pattern)
+    assert not (tmp_path / "model.int8.onnx").exists()
+
+
 def test_quantize_int8_refuses_a_layer_it_did_not_quantize(bert_int8: Path, tmp_path: Path) -> None:
     """A record entry whose initializer no MatMul takes (here: the word embeddings, a Gather's) is an error, not fp32."""
     layers = record(bert_int8.parent / "model.onnx")
@@ -319,3 +353,19 @@ def test_cli_int8_writes_and_checks_the_int8_file(tiny_bert: Path, tmp_path: Pat
     assert f"of the largest |logit| (tolerance {INT8_PARITY_RTOL:.0%})" in result.stdout
     assert "Please consider to run pre-processing" not in result.stdout + result.stderr
     assert record(int8) and verify_line(int8, 0) == f"OK: every layer in {int8} satisfies its N:M pattern."
+
+
+def test_cli_int8_fp32_ffn_output(tiny_bert: Path, tmp_path: Path) -> None:
+    """``--int8-fp32 ffn-output`` writes and checks the partly quantized file; without ``--int8`` it is one error line."""
+    out = tmp_path / "onnx" / "model.onnx"
+    export = pruned_tiny_bert_export(tiny_bert, tmp_path / "export")
+    command = [sys.executable, "-m", "nxm_lightning.sparsity.onnx_export", str(export), str(out)]
+    result = subprocess.run([*command, "--int8", "--int8-fp32", "ffn-output"], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    int8 = tmp_path / "onnx" / "model.int8.onnx"
+    assert f"Wrote {int8} (inputs input_ids, attention_mask, token_type_ids; 12 N:M layers verified in its int8 and fp32" in (
+        result.stdout
+    )
+    assert sum(entry["initializer"].endswith("_quantized") for entry in record(int8).values()) == 12 - 2  # 2 layers
+    refused = subprocess.run([*command, "--int8-fp32", "ffn-output"], capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode == 2 and refused.stderr.strip().splitlines()[-1].endswith("--int8-fp32 needs --int8")
