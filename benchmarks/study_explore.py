@@ -9,13 +9,13 @@ rate and seed), then seed by seed the methods the variant is measured against an
 (``--budget``: ``paper``, the default, or ``short``) and the study's learning rates. Variants of one family (the
 feature-distillation recipes ``asp_<x>`` / ``nxm_<x>`` of :data:`FEATURE_KD_RECIPES`) share a records dir, so one dense
 build and one run of each partner serve them all. Records, resuming, the rebuild of a missing dense export and
-``--finish-within`` work as in ``glue_study.py``, whose machinery this drives.
+``--finish-within`` work as in the study (``benchmarks.glue_study``), whose machinery (``benchmarks.study``) this drives.
 
 Run from the repository root, in the background::
 
-    nohup python benchmarks/study_explore.py run nxm_gentle --tasks cola --seeds 42 43 --workers 2 > explore.log 2>&1 &
-    nohup python benchmarks/study_explore.py run asp_last asp_sqh1 --budget short --tasks stsb rte > fkd.log 2>&1 &
-    python benchmarks/study_explore.py report nxm_gentle     # the paired table, as Markdown
+    nohup python -m benchmarks.study_explore run nxm_gentle --tasks cola --seeds 42 43 --workers 2 > explore.log 2>&1 &
+    nohup python -m benchmarks.study_explore run asp_last asp_sqh1 --budget short --tasks stsb rte > fkd.log 2>&1 &
+    python -m benchmarks.study_explore report nxm_gentle     # the paired table, as Markdown
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from glue_study import (
+from benchmarks.study.plan import (
     ADMM_CALLBACK,
     FIRST_SEED,
     RECORDS,
@@ -36,14 +36,13 @@ from glue_study import (
     RunSpec,
     Study,
     Waiting,
-    drive,
     print_plan,
-    resolve_precision,
-    run_options,
     task_options,
     zstep_args,
 )
-from study_report import TASKS, fmt_difference, load_records, plt, table_head, write_results
+from benchmarks.study.records import load_records
+from benchmarks.study.report import TASKS, fmt_difference, plt, table_head, write_results
+from benchmarks.study.runner import drive, resolve_precision, run_options
 
 EXPLORATIONS = REPO / "benchmarks" / "records" / "study_exploration"
 BUDGETS = ("paper", "short")
