@@ -22,8 +22,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 CONFIGS = REPO / "configs"
 RECORDS = REPO / "benchmarks" / "records" / "study"
-
-
 TASKS = ("stsb", "rte", "cola", "sst2")
 SEEDS = (42, 43, 44)
 # The dense grid, the learning-rate sweep and the one-seed methods run at the first seed; every seed's sparse runs

@@ -27,8 +27,7 @@ from benchmarks.study.plan import REPO, RunSpec, run_fingerprint
 # In a dense export: the dev score of the model it holds. A rebuild on another machine trains a slightly different
 # model (SST-2: 87.16 on an AMD EPYC against 86.58 recorded on a Xeon), so each sparse record says which it started from.
 DENSE_BUILD = "study_build.json"
-
-
+# The series a record keeps whole (the ADMM dashboard the report plots) and the packages whose versions it states.
 CURVES = (
     "admm/primal_residual", "admm/dual_residual", "admm/mask_flip_rate", "admm/rho", "admm/w_step_progress",
     "val_pruned/score", "train/loss",

@@ -43,7 +43,7 @@ from benchmarks.study.records import (
     write_record,
 )
 
-REBUILD_SCORE_SLACK = 1e-3  # GLUE points
+REBUILD_SCORE_SLACK = 1e-3  # GLUE points below a record's best that a rebuild may stop at
 PRECISIONS = ("auto", FP32, BF16)  # auto: bf16-mixed where the CPU or GPU has native bf16, else fp32
 
 
