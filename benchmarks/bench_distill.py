@@ -31,7 +31,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
 from benchmarks._results import finish_results, start_results
 from benchmarks.bench_admm import median, now, since
-from benchmarks.glue_study import resolve_precision
+from benchmarks.study.runner import resolve_precision
 from nxm_lightning import DistillationModule
 from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.hub import DEFAULT_MODEL, resolve_model_name

@@ -6,9 +6,9 @@ committed: small) holds the final dev score, the score just before and after the
 rate and primal residual with the verdict, the ADMM curves, the wall time and the command. ``report`` prints the
 table of ``docs/RESULTS.md`` from the records.
 
-    python benchmarks/main_job.py run --task stsb --label stsb
-    python benchmarks/main_job.py run --task sst2 --label sst2_8k -- --data.max_train_samples 8000
-    python benchmarks/main_job.py report --plot docs/admm_convergence.png
+    python -m benchmarks.main_job run --task stsb --label stsb
+    python -m benchmarks.main_job run --task sst2 --label sst2_8k -- --data.max_train_samples 8000
+    python -m benchmarks.main_job report --plot docs/admm_convergence.png
 """
 
 from __future__ import annotations
@@ -24,8 +24,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from glue_study import REPO, environment, read_scalars, run_facts, run_metrics, write_record  # noqa: E402
+from benchmarks.study.plan import REPO
+from benchmarks.study.records import environment, read_scalars, run_facts, run_metrics, write_record
 
 RECORDS = REPO / "benchmarks" / "records" / "main_job"
 # The issue's thresholds: the last Z-step's mask flip rate and primal residual, and the cost of the cut.

@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from study_helpers import finish, finish_grid_and_sweep
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import glue_study  # noqa: E402
-import study_explore  # noqa: E402
-from glue_study import RunSpec, Study  # noqa: E402
-from test_study import finish, finish_grid_and_sweep  # noqa: E402
+from benchmarks import study_explore
+from benchmarks.study.plan import ADMM_CALLBACK, RunSpec, Study, Waiting, run_fingerprint
+from benchmarks.study.records import make_record
 
 
 def explored(tmp_path: Path) -> study_explore.Exploration:
@@ -33,7 +31,7 @@ def test_an_exploration_trains_the_studys_best_dense_run_then_each_seeds_pair_th
     dense = plan[0]
     assert isinstance(dense, RunSpec) and (dense.method, dense.learning_rate, dense.seed) == ("dense", 1e-4, 42)
     assert dense.record_path.parent == tmp_path / "records" and dense.export_dir.parent == tmp_path / "work" / "exports"
-    assert all(isinstance(item, glue_study.Waiting) for item in plan[1:])  # its own dense run, not the study's export
+    assert all(isinstance(item, Waiting) for item in plan[1:])  # its own dense run, not the study's export
     finish(exploration, dense, 85.5)
     runs = [item for item in exploration.runs() if isinstance(item, RunSpec) and item.budget == "paper"]
     assert [run.name for run in runs] == [
@@ -44,20 +42,20 @@ def test_an_exploration_trains_the_studys_best_dense_run_then_each_seeds_pair_th
     assert all(run.model == str(dense.export_dir) and run.record_path.parent == tmp_path / "records" for run in runs)
     gentle, nxm = runs[1], runs[4]
     assert gentle.method == "nxm" and gentle.variant == "nxm_gentle"
-    admm = glue_study.ADMM_CALLBACK
+    admm = ADMM_CALLBACK
     assert gentle.callback_args[admm] == {**nxm.callback_args.get(admm, {}), "rho": 0.002, "rho_max": 0.05}
     config = yaml.safe_load(gentle.edited_config()[0])
     args = next(c["init_args"] for c in config["trainer"]["callbacks"] if c["class_path"] == admm)
     assert (args["rho"], args["rho_max"]) == (0.002, 0.05)
-    assert glue_study.run_fingerprint(gentle) != glue_study.run_fingerprint(nxm)
+    assert run_fingerprint(gentle) != run_fingerprint(nxm)
 
 
 def test_a_variants_record_names_its_variant(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(glue_study, "run_metrics", lambda run_dir: {"best_score": 80.0})
+    monkeypatch.setattr("benchmarks.study.records.run_metrics", lambda run_dir: {"best_score": 80.0})
     spec = RunSpec("nxm", "stsb", 42, 10, 1e-4, tmp_path, "glue", "paper", variant="nxm_gentle")
-    record = glue_study.make_record(spec, ["python", "cli.py"], 1.0, 1.0, {})
+    record = make_record(spec, ["python", "cli.py"], 1.0, 1.0, {})
     assert (record["name"], record["method"], record["variant"]) == ("nxm_gentle_paper_lr0.0001_stsb_s42", "nxm", "nxm_gentle")
-    assert "variant" not in glue_study.make_record(RunSpec("nxm", "stsb", 42, 10, 1e-4, tmp_path, "glue", "paper"),
+    assert "variant" not in make_record(RunSpec("nxm", "stsb", 42, 10, 1e-4, tmp_path, "glue", "paper"),
                                                    ["python"], 1.0, 1.0, {})  # fmt: skip
 
 
@@ -114,7 +112,7 @@ def test_feature_kd_variants_share_a_family_and_carry_their_loss_into_the_config
         model = yaml.safe_load(run.edited_config()[0])["model"]["init_args"]
         assert (model["alpha"], model["logit_weight"], model["hidden_weight"]) == (0.0, 0.0, 2.0)
         assert (model["hidden_layers"], model["cache_teacher_logits"]) == ("last", False)
-    assert glue_study.run_fingerprint(asp_last) != glue_study.run_fingerprint(runs[3])
+    assert run_fingerprint(asp_last) != run_fingerprint(runs[3])
     assert study_explore.family("asp_sqh5") == study_explore.family("nxm_fdall") == "feature_kd"
     with pytest.raises(SystemExit, match="one family at a time"):
         study_explore.Exploration(tmp_path / "w", "glue", variants=("asp_last", "nxm_gentle"))
@@ -159,7 +157,7 @@ def test_a_shorter_admm_phase_gets_its_own_z_step_interval(tmp_path: Path) -> No
     finish(exploration, next(exploration.runs()), 60.0)
     runs = {run.variant or run.method: run for run in exploration.runs() if isinstance(run, RunSpec) and run.budget}
     short, full = (
-        runs["nxm_sqh1_admm30"].callback_args[glue_study.ADMM_CALLBACK],
-        runs["nxm_sqh1"].callback_args[glue_study.ADMM_CALLBACK],
+        runs["nxm_sqh1_admm30"].callback_args[ADMM_CALLBACK],
+        runs["nxm_sqh1"].callback_args[ADMM_CALLBACK],
     )
     assert short == {"end_fraction": 0.3, "update_every": 11} and full == {"update_every": 19}

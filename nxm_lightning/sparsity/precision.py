@@ -56,7 +56,7 @@ def has_fast_bf16_cpu(flags: set[str] | None = None) -> bool:
     """Whether the CPU has native bf16 arithmetic (AVX-512 BF16 or AMX), so that ``bf16-mixed`` can beat fp32 there.
 
     ``torch.backends.cpu.get_cpu_capability()`` says only ``AVX2`` / ``AVX512``, not whether bf16 is native, hence the
-    flags. Other CPUs (e.g. ARM) report False: measure with ``benchmarks/bench_precision.py`` before switching.
+    flags. Other CPUs (e.g. ARM) report False: measure with ``python -m benchmarks.bench_precision`` before switching.
 
     Args:
         flags: the CPU flags; default: :func:`cpu_flags` of this machine.
