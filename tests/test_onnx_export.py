@@ -99,8 +99,12 @@ def bert_int8(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.mark.parametrize("arch", ["bert", "gpt2", "llama"])
 def test_onnx_matches_pytorch_and_keeps_2to4(arch: str, tmp_path: Path) -> None:
     model, layers, inputs = load_export(export_pruned(tiny_model(arch), tmp_path / "export"))
+    own_attention = model.config._attn_implementation
     path = export_onnx(model, layers, tmp_path / "model.onnx", inputs)
     assert not model.training  # the export leaves the model in eval mode (dropout off)
+    # Traced with eager attention (sdpa's trace guards every score tensor with IsNaN/Where), then given back its own.
+    assert own_attention == "sdpa" and model.config._attn_implementation == own_attention
+    assert "IsNaN" not in {node.op_type for node in onnx.load(str(path)).graph.node}
 
     graph_inputs = onnx.load(str(path)).graph.input
     assert [i.name for i in graph_inputs] == inputs
