@@ -42,12 +42,15 @@ def glue_dir() -> Path:
     return GLUE_DIR
 
 
-def save_tiny_bert(path: Path, num_labels: int = 1, hidden: int = 32, layers: int = 2) -> Path:
+def save_tiny_bert(
+    path: Path, num_labels: int = 1, hidden: int = 32, layers: int = 2, initializer_range: float = 0.02
+) -> Path:
     """A randomly initialised 2-layer BERT with MiniLM's tokenizer, saved as a Hugging Face folder."""
     torch.manual_seed(0)
     config = BertConfig(
         vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
         intermediate_size=2 * hidden, max_position_embeddings=128, num_labels=num_labels,
+        initializer_range=initializer_range,
     )  # fmt: skip
     BertForSequenceClassification(config).save_pretrained(path)
     AutoTokenizer.from_pretrained(resolve_model_name(DEFAULT_MODEL)).save_pretrained(path)
