@@ -18,6 +18,7 @@ from transformers import AutoModelForSequenceClassification, BertConfig
 
 import nxm_lightning.sparsity.export as export_module
 from nxm_lightning.sparsity.export import export_pretrained, save_pretrained_atomic
+from nxm_lightning.sparsity.export_format import VerifyError
 from nxm_lightning.sparsity.model_card import CARD, card_facts, render_model_card
 from nxm_lightning.sparsity.nxm import NxMPattern, nxm_project
 from nxm_lightning.sparsity.sparse_linear import (
@@ -30,7 +31,7 @@ from nxm_lightning.sparsity.sparse_linear import (
     unpack_nxm,
 )
 from nxm_lightning.sparsity.targets import select_targets
-from nxm_lightning.sparsity.verify import VerifyError, verify
+from nxm_lightning.sparsity.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 P24 = NxMPattern(2, 4)

@@ -23,11 +23,11 @@ from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantTy
 from tiny_models import export_pruned, tiny_model
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+from nxm_lightning.sparsity.export_format import METADATA_KEY, VerifyError
 from nxm_lightning.sparsity.nxm import is_nxm
 from nxm_lightning.sparsity.onnx_export import (
     FFN_OUTPUT_LAYERS,
     INT8_LAYER_RTOL,
-    METADATA_KEY,
     PARITY_ATOL,
     export_onnx,
     int8_layer_errors,
@@ -36,9 +36,9 @@ from nxm_lightning.sparsity.onnx_export import (
     max_logit_difference,
     quantize_int8,
     sample_inputs,
-    verify_onnx,
 )
-from nxm_lightning.sparsity.verify import VerifyError, verify
+from nxm_lightning.sparsity.onnx_format import verify_onnx
+from nxm_lightning.sparsity.verify import verify
 
 REPO = Path(__file__).resolve().parents[1]
 # Weights 10x the default spread (0.02) for the INT8 tests: with the default, the tiny random models' logits hardly depend

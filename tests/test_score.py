@@ -14,7 +14,7 @@ from conftest import save_tiny_bert, write_stsb
 from tiny_models import export_pruned
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from nxm_lightning.sparsity.export import MANIFEST
+from nxm_lightning.sparsity.export_format import MANIFEST
 from nxm_lightning.sparsity.model_card import CARD, CardFacts, render_model_card
 from nxm_lightning.sparsity.onnx_export import export_onnx, load_export
 from nxm_lightning.tasks.data import GLUEDataModule

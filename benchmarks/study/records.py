@@ -153,7 +153,7 @@ def kept_share(sparse_dir: Path, dense_dir: Path) -> float:
     (two 2:4 masks drawn at random agree on half the kept weights)."""
     import torch
 
-    from nxm_lightning.sparsity.export import MANIFEST, as_out_in
+    from nxm_lightning.sparsity.export_format import MANIFEST, as_out_in
     from nxm_lightning.sparsity.nxm import NxMPattern, nxm_mask
     from nxm_lightning.sparsity.verify import load_weights
 

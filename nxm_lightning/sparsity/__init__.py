@@ -7,6 +7,9 @@ every module here with those packages blocked).
 - :mod:`.saliency`: what a cut keeps in each group (magnitude, or a diagonal Fisher estimate times W^2).
 - :mod:`.finite`: NaN/Inf in many tensors with one device sync (a diverged model is never checkpointed or exported).
 - :mod:`.sparse_linear`: the serving backends behind one module, :class:`~.sparse_linear.NxMLinear`, and the routing.
-- :mod:`.export` / :mod:`.verify` / :mod:`.onnx_export` / :mod:`.model_card`: the exported folder and its checks.
+- :mod:`.export_format`: what ``sparsity.json`` and an ONNX file's sparsity record hold and how weights are checked
+  against them (the bottom of the core: every writer and reader of an export imports it).
+- :mod:`.export` / :mod:`.verify` / :mod:`.onnx_export` (and :mod:`.onnx_format`, what it and ``verify`` share) /
+  :mod:`.model_card`: the exported folder and its checks.
 - :mod:`.precision`: which dtype a precision flag computes in, and which precision suits this machine.
 """

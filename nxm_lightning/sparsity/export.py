@@ -1,8 +1,7 @@
 """Export a pruned Hugging Face model as a plain ``save_pretrained`` folder plus a ``sparsity.json`` manifest and a
 ``README.md`` model card.
 
-Each manifest entry records the weight's ``layout``: ``out_in`` (``nn.Linear``, stored ``[out, in]``) or ``in_out``
-(GPT-2's ``Conv1D``, stored ``[in, out]``); either way the N:M groups run along the input features.
+What ``sparsity.json`` holds (each layer's pattern, its ``layout`` and its counts) is :mod:`.export_format`'s.
 
 Written to a temporary folder beside the target and moved into place only when complete, so that a crash never
 leaves a half-written model (and an existing export is replaced only by a finished one). Every export holds a
@@ -15,59 +14,22 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
-import torch
-
+from nxm_lightning.sparsity.export_format import MANIFEST, MANIFEST_FORMATS, sparsity_manifest
 from nxm_lightning.sparsity.finite import describe_non_finite, non_finite_names
 from nxm_lightning.sparsity.model_card import CARD, CardFacts, card_facts, is_our_model_card, render_model_card
-from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
+from nxm_lightning.sparsity.nxm import NxMPattern
 
-MANIFEST = "sparsity.json"
-LAYOUTS = ("out_in", "in_out")
 # Written into every export folder: the proof that a later export to the same path may replace the folder.
 MARKER = "nxm-lightning-export.json"
 MARKER_FORMAT = "nxm-lightning-export/1"
 # The folder that holds the nxm_lightning package: the repository checkout (or site-packages when installed).
 CHECKOUT = Path(__file__).resolve().parents[2]
-
-
-def as_out_in(weight: torch.Tensor, layout: str) -> torch.Tensor:
-    """``weight`` as ``[out, in]`` (the layout the N:M math works on) from its stored ``layout``."""
-    if layout not in LAYOUTS:
-        raise ValueError(f"Unknown weight layout {layout!r}: expected one of {LAYOUTS}.")
-    return weight.t() if layout == "in_out" else weight
-
-
-def sparsity_manifest(
-    weights: dict[str, torch.Tensor], patterns: dict[str, NxMPattern], transposed: Collection[str] = ()
-) -> dict[str, Any]:
-    """Pattern, layout and verified counts per layer; raises if any weight violates its pattern.
-
-    Args:
-        weights: state-dict tensors as stored.
-        patterns: ``{state-dict key: pattern}`` of the N:M layers.
-        transposed: the keys whose weight is stored ``[in, out]`` (GPT-2's ``Conv1D``).
-    """
-    layers = {}
-    for name, pattern in patterns.items():
-        layout = "in_out" if name in transposed else "out_in"
-        weight = as_out_in(weights[name], layout)
-        violation = first_violation(weight, pattern.n, pattern.m)
-        if violation is not None:
-            raise ValueError(f"Refusing to export: {describe_violation(name, pattern, violation, layout)}")
-        nonzeros = int((weight != 0).sum())
-        layers[name] = {"pattern": str(pattern), "layout": layout, "shape": list(weights[name].shape),
-                        "nonzeros": nonzeros, "numel": weight.numel(), "density": nonzeros / weight.numel()}  # fmt: skip
-    kept = sum(v["nonzeros"] for v in layers.values())
-    total = sum(v["numel"] for v in layers.values())
-    return {"format": "nxm-lightning/1", "pattern_order": "N:M = N kept of every M consecutive input features",
-            "layers": layers, "overall_density": kept / max(total, 1)}  # fmt: skip
 
 
 def pretrained_class(export_dir: str | os.PathLike) -> tuple[Any, type]:
@@ -88,16 +50,6 @@ def pretrained_class(export_dir: str | os.PathLike) -> tuple[Any, type]:
             f"{Path(export_dir) / 'config.json'} names architecture {architecture!r}, which this transformers does not have."
         )
     return config, model_class
-
-
-def describe_violation(name: str, pattern: NxMPattern, violation: tuple[int, int, int], layout: str = "out_in") -> str:
-    """A violation found by ``first_violation`` on the ``[out, in]`` view, in words (and in stored indices if transposed)."""
-    row, col, count = violation
-    stored = f" (stored [in, out]: rows {col}..{col + pattern.m - 1} of column {row})" if layout == "in_out" else ""
-    return (
-        f"layer {name!r} is not {pattern}: its first bad group is row {row}, input columns {col}..{col + pattern.m - 1}"
-        f"{stored}, with {count} non-zeros (at most {pattern.n} allowed)"
-    )
 
 
 def export_pretrained(
@@ -189,7 +141,7 @@ def is_export(folder: Path) -> bool:
     if marker.is_file():
         return _json_format(marker) == MARKER_FORMAT
     if manifest.is_file():
-        return re.fullmatch(r"nxm-lightning/\d+", _json_format(manifest)) is not None
+        return MANIFEST_FORMATS.fullmatch(_json_format(manifest)) is not None
     return card.is_file() and is_our_model_card(card.read_text(errors="replace"))
 
 

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import hashlib
-import importlib
 import inspect
 import json
 import logging
@@ -43,11 +42,10 @@ import numpy as np
 import torch
 from torch import nn
 
-from nxm_lightning.sparsity.export import MANIFEST, as_out_in, pretrained_class
-from nxm_lightning.sparsity.verify import VerifyError, layer_violations, read_layers, reason
+from nxm_lightning.sparsity.export import pretrained_class
+from nxm_lightning.sparsity.export_format import MANIFEST, RECORD_FORMAT, as_out_in
+from nxm_lightning.sparsity.onnx_format import optional_import, record_entry, verify_onnx
 
-METADATA_KEY = "nxm_lightning.sparsity"
-RECORD_FORMAT = "nxm-lightning-onnx/1"
 OPSET = 17  # the first opset with LayerNormalization; TensorRT 8.6+ and ONNX Runtime take it
 # ONNX Runtime (CPU, fp32) against PyTorch: the largest absolute logit difference accepted. Both run fp32 but fuse and
 # order the sums differently; measured differences on the tested models are around 1e-6.
@@ -62,14 +60,6 @@ INT8_LAYER_RTOL = 0.5
 FFN_OUTPUT_LAYERS = r"layer\.\d+\.output\.dense"
 # The model inputs the export can take, in this order: the ones a tokenizer produces for these models.
 KNOWN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
-INSTALL_HINT = "Install the onnx extra: pip install 'nxm-lightning[onnx]' (onnx and onnxruntime)."
-
-
-def _import(name: str) -> Any:
-    try:
-        return importlib.import_module(name)
-    except ImportError:
-        raise ImportError(f"ONNX export and verification need the {name.split('.')[0]!r} package. {INSTALL_HINT}") from None
 
 
 def model_input_names(model: nn.Module, tokenizer_inputs: Sequence[str] | None = None) -> list[str]:
@@ -141,7 +131,7 @@ def locate_layers(onnx_model: Any, weights: dict[str, torch.Tensor], layers: dic
         ValueError: a layer's weight is in no initializer (the exporter folded something into it), so its pattern could
             not be checked in the file.
     """
-    numpy_helper = _import("onnx.numpy_helper")
+    numpy_helper = optional_import("onnx.numpy_helper")
     index: dict[tuple, tuple[str, str]] = {}
     for initializer in onnx_model.graph.initializer:
         if len(initializer.dims) != 2:
@@ -164,15 +154,6 @@ def locate_layers(onnx_model: Any, weights: dict[str, torch.Tensor], layers: dic
             "without constant folding, or report the architecture."
         )
     return record
-
-
-def _record_entry(onnx_model: Any) -> Any:
-    """The metadata entry that holds the sparsity record, added empty when the model has none yet."""
-    entry = next((p for p in onnx_model.metadata_props if p.key == METADATA_KEY), None)
-    if entry is None:
-        entry = onnx_model.metadata_props.add()
-        entry.key = METADATA_KEY
-    return entry
 
 
 @contextlib.contextmanager
@@ -210,7 +191,7 @@ def export_onnx(
     Returns:
         The written path. The file's metadata (``nxm_lightning.sparsity``) says which initializer holds each layer.
     """
-    onnx = _import("onnx")
+    onnx = optional_import("onnx")
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
@@ -230,7 +211,7 @@ def export_onnx(
         )  # fmt: skip
     onnx_model = onnx.load(str(output))
     record = locate_layers(onnx_model, model.state_dict(), layers)
-    _record_entry(onnx_model).value = json.dumps({"format": RECORD_FORMAT, "layers": record})
+    record_entry(onnx_model).value = json.dumps({"format": RECORD_FORMAT, "layers": record})
     onnx.save(onnx_model, str(output))
     onnx.checker.check_model(str(output))
     return output
@@ -269,11 +250,11 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, fp32_layers: str | 
             quantized (its initializer does not feed a MatMul), so the file would run that layer in fp32 unasked and
             its record would point at nothing.
     """
-    onnx = _import("onnx")
-    quantization = _import("onnxruntime.quantization")
+    onnx = optional_import("onnx")
+    quantization = optional_import("onnxruntime.quantization")
     output = Path(output)
     fp32_model = onnx.load(str(onnx_path))
-    record = json.loads(_record_entry(fp32_model).value)
+    record = json.loads(record_entry(fp32_model).value)
     kept = _matching_layers(record["layers"], fp32_layers)
     kept_weights = {record["layers"][name]["initializer"] for name in kept}
     excluded = [node.name for node in fp32_model.graph.node if node.op_type == "MatMul" and kept_weights & set(node.input)]
@@ -285,7 +266,7 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, fp32_layers: str | 
         )  # fmt: skip
     model = onnx.load(str(output))
     quantized = {init.name for init in model.graph.initializer}
-    suffix = _import("onnxruntime.quantization.quant_utils").TENSOR_NAME_QUANT_SUFFIX
+    suffix = optional_import("onnxruntime.quantization.quant_utils").TENSOR_NAME_QUANT_SUFFIX
     for name, entry in record["layers"].items():
         if name in kept:
             continue
@@ -297,13 +278,13 @@ def quantize_int8(onnx_path: str | Path, output: str | Path, fp32_layers: str | 
         entry["initializer"] += suffix
     record["quantization"] = {
         "tool": "onnxruntime.quantization.quantize_dynamic",
-        "onnxruntime": _import("onnxruntime").__version__,
+        "onnxruntime": optional_import("onnxruntime").__version__,
         "weights": "int8, symmetric, per output feature",
         "activations": "uint8, per tensor, at run time",
         "op_types": ["MatMul"],
         "fp32_layers": sorted(kept),
     }
-    _record_entry(model).value = json.dumps(record)
+    record_entry(model).value = json.dumps(record)
     onnx.save(model, str(output))
     onnx.checker.check_model(str(output))
     return output
@@ -366,7 +347,7 @@ def load_export(export_dir: str | Path) -> tuple[nn.Module, dict[str, dict], lis
 
 def onnx_logits(onnx_path: str | Path, inputs: dict[str, torch.Tensor]) -> np.ndarray:
     """The logits ONNX Runtime computes on CPU for ``inputs``."""
-    ort = _import("onnxruntime")
+    ort = optional_import("onnxruntime")
     session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     return session.run(["logits"], {name: value.numpy() for name, value in inputs.items()})[0]
 
@@ -377,10 +358,10 @@ def int8_layer_errors(fp32_path: str | Path, int8_path: str | Path, inputs: dict
     The output of a layer's MatMul keeps its tensor name through ``quantize_dynamic``, so both graphs expose it as an
     extra output. Layers the INT8 file keeps fp32 are left out (their error is only what earlier layers carried in).
     """
-    onnx, ort = _import("onnx"), _import("onnxruntime")
+    onnx, ort = optional_import("onnx"), optional_import("onnxruntime")
     fp32_model, int8_model = onnx.load(str(fp32_path)), onnx.load(str(int8_path))
-    fp32_layers = json.loads(_record_entry(fp32_model).value)["layers"]
-    int8_layers = json.loads(_record_entry(int8_model).value)["layers"]
+    fp32_layers = json.loads(record_entry(fp32_model).value)["layers"]
+    int8_layers = json.loads(record_entry(int8_model).value)["layers"]
     outputs = {}
     for name, entry in fp32_layers.items():
         if int8_layers[name]["initializer"] != entry["initializer"]:  # quantized: its initializer was renamed
@@ -411,93 +392,6 @@ def max_logit_difference(
         expected = model(**inputs).logits.float().numpy()
     difference = float(np.abs(onnx_logits(onnx_path, inputs) - expected).max())
     return difference / float(np.abs(expected).max()) if relative else difference
-
-
-# The quantized operators that can take an N:M layer's integer weight: the input index of the weight and of its zero
-# point. quantize_dynamic writes MatMulInteger; ONNX Runtime's optimiser (a saved optimised model) fuses it into
-# DynamicQuantizeMatMul or MatMulIntegerToFloat; static (QDQ) quantization writes DequantizeLinear.
-QUANTIZED_WEIGHT_INPUTS = {
-    "MatMulInteger": (1, 3),
-    "DynamicQuantizeMatMul": (1, 3),
-    "MatMulIntegerToFloat": (1, 5),
-    "DequantizeLinear": (0, 2),
-}
-
-
-def _zero_points(onnx_model: Any) -> dict[str, str]:
-    """``{integer weight: its zero point}`` for the inputs of the graph's quantized operators (``""``: none, i.e. 0)."""
-    found = {}
-    for node in onnx_model.graph.node:
-        if node.op_type in QUANTIZED_WEIGHT_INPUTS:
-            weight, zero_point = QUANTIZED_WEIGHT_INPUTS[node.op_type]
-            found[node.input[weight]] = node.input[zero_point] if len(node.input) > zero_point else ""
-    return found
-
-
-def _integer_weight_problem(name: str, initializer: str, zero_point: str | None, initializers: dict[str, Any]) -> str | None:
-    """Why an N:M layer's integer weight cannot be checked as stored (None: it can).
-
-    The stored integers are checked for the pattern, which says the real weights are N:M only if the zero point is 0
-    (a real zero is stored as the zero point); sparse INT8 kernels need the zeros stored as zeros too.
-    """
-    if zero_point == "":
-        return None
-    if zero_point not in initializers:  # None: no quantized operator takes it as its weight
-        return (
-            f"layer {name!r}: the zero point of its integer initializer {initializer!r} is unknown (it is the weight of "
-            f"no {', '.join(QUANTIZED_WEIGHT_INPUTS)} node, or its zero point is computed)"
-        )
-    if np.any(_import("onnx.numpy_helper").to_array(initializers[zero_point]) != 0):
-        return (
-            f"layer {name!r}: its int8 weight {initializer!r} has non-zero zero points (asymmetric quantization), so its "
-            "zeros are not stored as zeros; quantize the weights symmetrically (quantize_int8, or WeightSymmetric=True)"
-        )
-    return None
-
-
-def verify_onnx(path: str | Path) -> list[str]:
-    """The N:M violations in an ONNX file from :func:`export_onnx` or :func:`quantize_int8` (empty when compliant).
-
-    An integer (INT8) weight is checked as stored, along the input features as for fp32, after its zero point (found
-    through the quantized operator that takes it) is checked to be 0.
-
-    Raises:
-        VerifyError: the file cannot be read, holds no sparsity record, or the onnx package is missing.
-    """
-    try:
-        onnx = _import("onnx")
-    except ImportError as err:
-        raise VerifyError(str(err)) from None
-    try:
-        model = onnx.load(str(path))
-    except Exception as err:  # onnx raises DecodeError and others for a file that is not ONNX
-        raise VerifyError(f"{path} is not a readable ONNX file ({reason(err)}).") from None
-    props = {p.key: p.value for p in model.metadata_props}
-    if METADATA_KEY not in props:
-        raise VerifyError(
-            f"{path} holds no nxm-lightning sparsity record (metadata {METADATA_KEY!r}): export it with "
-            "python -m nxm_lightning.sparsity.onnx_export EXPORT_DIR OUT.onnx."
-        )
-    layers = read_layers(props[METADATA_KEY], f"{path}'s sparsity record ({METADATA_KEY})", ("pattern", "initializer"))
-    initializers = {init.name: init for init in model.graph.initializer}
-    zero_points = _zero_points(model)
-    problems, weights = [], {}
-    for name, entry in layers.items():
-        initializer = initializers.get(entry["initializer"])
-        if initializer is None:
-            problems.append(f"layer {name!r}: its initializer {entry['initializer']!r} is missing from the ONNX graph")
-            continue
-        try:
-            array = onnx.numpy_helper.to_array(initializer).copy()
-        except ValueError as err:  # raw data that does not fill the initializer's shape
-            raise VerifyError(f"{path}: initializer {initializer.name!r} (layer {name!r}) is corrupt ({reason(err)}).") from None
-        if np.issubdtype(array.dtype, np.integer):  # an INT8 file (quantize_int8)
-            problem = _integer_weight_problem(name, initializer.name, zero_points.get(initializer.name), initializers)
-            if problem:
-                problems.append(problem)
-                continue
-        weights[name] = torch.from_numpy(array)
-    return problems + layer_violations(layers, weights)
 
 
 def _check(model: nn.Module, path: Path, input_names: Sequence[str], layers: int, kind: str, fp32: Path) -> bool:

@@ -17,7 +17,6 @@ check too; a default target whose width is not a multiple of M (skipped by the t
 from __future__ import annotations
 
 import argparse
-import json
 import pickle
 import sys
 import warnings
@@ -25,22 +24,13 @@ from pathlib import Path
 
 import torch
 
-from nxm_lightning.sparsity.export import LAYOUTS, MANIFEST, as_out_in, describe_violation, pretrained_class
-from nxm_lightning.sparsity.nxm import NxMPattern, first_violation
+from nxm_lightning.sparsity.export import pretrained_class
+from nxm_lightning.sparsity.export_format import MANIFEST, VerifyError, layer_violations, layout_of, read_layers, reason
+from nxm_lightning.sparsity.onnx_format import verify_onnx
 from nxm_lightning.sparsity.targets import Target, select_targets
 
 # How many unlisted default targets the failure line names before it only counts them.
 NAMED_UNLISTED = 3
-
-
-class VerifyError(Exception):
-    """The folder cannot be verified (missing, unreadable or malformed files)."""
-
-
-def reason(err: BaseException) -> str:
-    """``Type: first line of the message``: a library's error as part of a one-line VerifyError."""
-    lines = str(err).strip().splitlines()
-    return f"{type(err).__name__}: {lines[0] if lines else ''}"
 
 
 def load_weights(directory: Path) -> dict[str, torch.Tensor]:
@@ -66,52 +56,10 @@ def load_weights(directory: Path) -> dict[str, torch.Tensor]:
     raise VerifyError(f"No weights in {directory}: expected *.safetensors or pytorch_model.bin (save_pretrained output).")
 
 
-def read_layers(text: str | bytes, where: str, keys: tuple[str, ...] = ("pattern",)) -> dict[str, dict]:
-    """The ``layers`` of a manifest (``sparsity.json``, or an ONNX file's sparsity record), every entry checked.
-
-    A hand-edited or damaged manifest is a VerifyError (could not check) naming the file and the entry, rather than
-    a traceback from deep inside the check.
-
-    Args:
-        text: the manifest's JSON.
-        where: the manifest's name in messages.
-        keys: the string fields each entry must have (``pattern``; the ONNX record's ``initializer`` too).
-    """
-    expected = "an object {layer name: {'pattern': 'N:M', 'layout': 'out_in' or 'in_out'}}"
-    try:
-        manifest = json.loads(text)
-    except ValueError as err:  # bad JSON, or bytes that are no text
-        raise VerifyError(f"{where} is not valid JSON ({reason(err)}).") from None
-    layers = manifest.get("layers") if isinstance(manifest, dict) else None
-    if not isinstance(layers, dict):
-        found = "missing" if layers is None else f"a {type(layers).__name__}"
-        raise VerifyError(f"{where} is not a valid manifest: 'layers' is {found}, expected {expected}.")
-    for name, entry in layers.items():
-        problem = None
-        if not isinstance(entry, dict):
-            problem = f"is a {type(entry).__name__}, expected {{'pattern': 'N:M', ...}}"
-        elif absent := [key for key in keys if key not in entry]:
-            problem = f"has no {absent[0]!r}"
-        elif wrong := [key for key in keys if not isinstance(entry[key], str)]:
-            problem = f"has {wrong[0]!r} {entry[wrong[0]]!r}, expected a string"
-        elif entry.get("layout", "out_in") not in LAYOUTS:
-            problem = f"has layout {entry['layout']!r}, expected one of {LAYOUTS}"
-        else:
-            try:
-                NxMPattern.parse(entry["pattern"])
-            except ValueError as err:
-                problem = f"has an invalid pattern: {err}"
-        if problem:
-            raise VerifyError(f"{where} is not a valid manifest: layer {name!r} {problem}.")
-    return layers
-
-
 def verify(directory: str | Path) -> list[str]:
     """The violations found (empty when compliant); raises VerifyError when the folder (or .onnx file) cannot be checked."""
     directory = Path(directory)
     if directory.suffix == ".onnx" and directory.is_file():
-        from nxm_lightning.sparsity.onnx_export import verify_onnx  # onnx is an optional extra
-
         return verify_onnx(directory)
     if not directory.is_dir():
         raise VerifyError(
@@ -125,28 +73,6 @@ def verify(directory: str | Path) -> list[str]:
     weights = load_weights(directory)
     missing = [f"layer {name!r} is listed in {MANIFEST} but missing from the weights" for name in layers if name not in weights]
     return missing + layer_violations(layers, weights) + unlisted_targets(directory, layers, weights)
-
-
-def layer_violations(layers: dict[str, dict], weights: dict[str, torch.Tensor]) -> list[str]:
-    """The violations of ``weights`` against manifest entries ``{name: {"pattern", "layout"}}`` (names present only).
-
-    ``layout`` is ``out_in`` (the default, for manifests written before it existed) or ``in_out`` (stored transposed).
-    A listed weight that cannot hold the pattern at all (not 2-D, or a width not a multiple of M) is a violation too.
-    """
-    problems = []
-    for name, entry in layers.items():
-        if name not in weights:
-            continue
-        pattern = NxMPattern.parse(entry["pattern"])
-        layout = entry.get("layout", "out_in")
-        try:
-            violation = first_violation(as_out_in(weights[name], layout), pattern.n, pattern.m)
-        except ValueError as err:
-            problems.append(f"layer {name!r} cannot be {pattern}: {err}")
-            continue
-        if violation is not None:
-            problems.append(describe_violation(name, pattern, violation, layout))
-    return problems
 
 
 def default_targets(directory: Path, patterns: set[str]) -> list[Target]:
@@ -183,9 +109,7 @@ def unlisted_targets(directory: Path, layers: dict[str, dict], weights: dict[str
     if not unlisted:
         return []
     names = [f"{t.name}.weight" for t in unlisted]
-    entries = {
-        name: {"pattern": str(t.pattern), "layout": "in_out" if t.transposed else "out_in"} for t, name in zip(unlisted, names)
-    }
+    entries = {name: {"pattern": str(t.pattern), "layout": layout_of(t.transposed)} for t, name in zip(unlisted, names)}
     broken = len(layer_violations(entries, weights))
     shown = ", ".join(repr(name) for name in names[:NAMED_UNLISTED])
     more = f" and {len(names) - NAMED_UNLISTED} more" if len(names) > NAMED_UNLISTED else ""
@@ -218,8 +142,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    # Run with -m this file is __main__, a second copy of the module: the VerifyError that onnx_export raises is
-    # nxm_lightning.sparsity.verify's, which this copy's `except VerifyError` would not catch. Run that module's main.
-    from nxm_lightning.sparsity.verify import main as module_main
-
-    sys.exit(module_main())
+    sys.exit(main())

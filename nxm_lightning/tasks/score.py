@@ -34,7 +34,7 @@ import torch
 import transformers
 
 from nxm_lightning.sparsity.model_card import CARD, recorded_scores, recorded_task
-from nxm_lightning.sparsity.onnx_export import _import
+from nxm_lightning.sparsity.onnx_format import optional_import
 from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.glue import GLUE_TASKS, GlueTask, get_task
 from nxm_lightning.tasks.metrics import glue_metric_values, glue_score
@@ -98,7 +98,7 @@ def open_artifact(path: Path, tokenizer: str | None) -> Artifact:
         if tokenizer is None and not (path / TOKENIZER_FILE).is_file():
             raise ScoreError(f"{path} holds no tokenizer ({TOKENIZER_FILE}): pass --tokenizer, the model it was trained from.")
         return Artifact(path, "folder", path, tokenizer or str(path), config.num_labels)
-    ort = _import("onnxruntime")
+    ort = optional_import("onnxruntime")
     try:
         session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     except Exception as err:  # ONNX Runtime's own exception types, one per way a file can be unreadable
@@ -158,7 +158,7 @@ def onnx_logits_of(session: Any) -> Callable[[dict[str, torch.Tensor]], torch.Te
 
 def onnx_precision(path: Path) -> str:
     """``int8`` for a quantized graph (it holds 8-bit initializers), else ``fp32``."""
-    graph = _import("onnx").load(str(path), load_external_data=False).graph
+    graph = optional_import("onnx").load(str(path), load_external_data=False).graph
     return "int8" if any(init.data_type in QUANTIZED_TYPES for init in graph.initializer) else "fp32"
 
 
