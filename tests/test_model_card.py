@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -18,9 +19,10 @@ from nxm_lightning.sparsity.model_card import (
     library_version,
     pipeline_tag,
     recorded_scores,
-    recorded_task,
     render_model_card,
 )
+from nxm_lightning.tasks.card import recorded_task
+from nxm_lightning.tasks.distill import DistillationModule
 from nxm_lightning.tasks.module import SequenceClassificationModule
 
 
@@ -101,6 +103,23 @@ def test_facts_from_the_lightning_module(tiny_bert: Path) -> None:
     assert facts.base_model == str(tiny_bert) and facts.task == "GLUE STS-B (stsb)" and facts.labels == ("score",)
     assert facts.architecture == "BertForSequenceClassification" and "pearson" in facts.score_name
     assert facts.command == "python x.py" and facts.library_version == library_version()
+
+
+def test_the_task_layer_tells_the_task_facts(tiny_bert: Path, tmp_path: Path) -> None:
+    """The core's card_facts knows no task: the module's model_card_facts tells base model, task and score name."""
+    module = SequenceClassificationModule(str(tiny_bert), "rte")
+    assert module.model_card_facts() == {"base_model": str(tiny_bert), "task": "GLUE RTE (rte)",
+                                         "score_name": "dev score (points: mean of accuracy)"}  # fmt: skip
+    # A student that starts as a copy of its teacher was fine-tuned from the teacher, not from model_name_or_path.
+    teacher = shutil.copytree(tiny_bert, tmp_path / "teacher")
+    student = DistillationModule(str(tiny_bert), teacher=str(teacher), task_name="stsb", student_init="teacher")
+    assert card_facts(student.model, student).base_model == str(teacher)
+    pretrained = DistillationModule(str(tiny_bert), teacher=str(teacher), task_name="stsb", student_init="pretrained")
+    assert card_facts(pretrained.model, pretrained).base_model == str(tiny_bert)
+    # Any other module: what the model's config says, and no task.
+    plain = torch.nn.Module()
+    facts = card_facts(module.model, plain)
+    assert facts.base_model == module.model.config.name_or_path and facts.task is None and facts.score_name == "dev score"
 
 
 def test_hard_prune_export_card_has_the_scores_around_the_cut(tiny_bert: Path, tmp_path: Path) -> None:

@@ -3,7 +3,8 @@
 ``sparsity.json`` stays the machine-readable record; the card is what a person (and the Hub) reads: the base model, the
 task and its labels, the N:M pattern and density per kind of layer, the dev score before and after the cut, the
 command that made the model and the nxm-lightning version. :func:`render_model_card` is a pure function of its
-inputs; :func:`card_facts` gathers them from a model and its LightningModule.
+inputs; :func:`card_facts` gathers them from a model and its LightningModule, whose ``model_card_facts`` tells the
+task's facts (the core knows no task: :mod:`nxm_lightning.tasks.card` formats them for GLUE).
 """
 
 from __future__ import annotations
@@ -71,26 +72,23 @@ def card_facts(
 
     Args:
         model: the exported ``PreTrainedModel`` (its config gives the architecture and the labels).
-        pl_module: a :class:`~nxm_lightning.tasks.module.SequenceClassificationModule` (or any module with ``hparams`` and
-            ``task``): gives the base model and the GLUE task.
+        pl_module: a LightningModule; when it has a ``model_card_facts()`` method (the task layer's modules do), the
+            ``base_model``, ``task`` and ``score_name`` it returns (a dict, any of them) are the card's. Otherwise
+            the base model is the model config's ``name_or_path`` and no task is recorded.
         scores: ``{when: dev score}`` to report.
         command: default: this process's command line (``sys.argv``).
     """
     config = getattr(model, "config", None)
-    hparams = dict(getattr(pl_module, "hparams", None) or {})
-    # DistillationModule with student_init="teacher" starts from the teacher, not from model_name_or_path.
-    if hparams.get("student_init") == "teacher" and hparams.get("teacher"):
-        base = hparams["teacher"]
-    else:
-        base = hparams.get("model_name_or_path") or getattr(config, "name_or_path", None) or None
-    task = getattr(pl_module, "task", None)
+    own = getattr(pl_module, "model_card_facts", None)
+    told = dict(own()) if callable(own) else {}
+    base = told.get("base_model") or getattr(config, "name_or_path", None) or None
     id2label = getattr(config, "id2label", None) or {}
     return CardFacts(
         architecture=type(model).__name__,
         base_model=str(base) if base else None,
-        task=f"GLUE {task.directory} ({task.name})" if task is not None else None,
+        task=told.get("task"),
         labels=tuple(str(id2label[i]) for i in sorted(id2label)),
-        score_name=f"dev score (points: mean of {', '.join(task.metrics)})" if task is not None else "dev score",
+        score_name=told.get("score_name", "dev score"),
         scores=dict(scores or {}),
         command=command if command is not None else shlex.join(["python", *sys.argv]),
         library_version=library_version(),
@@ -186,10 +184,9 @@ def is_our_model_card(text: str) -> bool:
     return bool(lines) and lines[0] == "---" and '- "nxm-lightning"' in lines and lines[-1].startswith("With nxm-lightning ")
 
 
-def recorded_task(text: str) -> str | None:
-    """The GLUE task name a card from :func:`render_model_card` records (``stsb`` from ``GLUE STS-B (stsb)``), or None:
-    how the score command knows which dev set to score an export on when it is not told."""
-    found = re.search(r"^- \*\*Task:\*\* GLUE \S+ \((\w+)\)$", text, re.MULTILINE)
+def recorded_fact(text: str, label: str) -> str | None:
+    """The value of a card's ``- **label:** value`` line (``Task``, ``Base model``), or None when it has none."""
+    found = re.search(rf"^- \*\*{re.escape(label)}:\*\* (.+)$", text, re.MULTILINE)
     return found[1] if found else None
 
 

@@ -274,6 +274,13 @@ class DistillationModule(SequenceClassificationModule):
         self._logit_cache: dict[bytes, torch.Tensor] = {}
         self._cache_fingerprint: str | None = None
 
+    def model_card_facts(self) -> dict[str, str]:
+        """As the fine-tuning module's, but a student that starts as a copy of the teacher has the teacher as base."""
+        facts = super().model_card_facts()
+        if self.hparams.student_init == "teacher" and self.hparams.teacher:
+            facts["base_model"] = str(self.hparams.teacher)
+        return facts
+
     def _build_model(self, name: str, num_labels: int, trust_remote_code: bool) -> nn.Module:
         """Load the teacher (as ``self.teacher``) and build the student from it or from ``name``."""
         if self.hparams.teacher is None:  # the teacher is a snapshot of the student, taken during fit

@@ -11,6 +11,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import AutoConfig, AutoModelForSequenceClassification, get_linear_schedule_with_warmup
 
+from nxm_lightning.tasks.card import task_facts
 from nxm_lightning.tasks.glue import get_task
 from nxm_lightning.tasks.hub import DEFAULT_MODEL, load_pretrained
 from nxm_lightning.tasks.metrics import glue_metric_values, glue_metrics, glue_score, task_predictions, validation_suffixes
@@ -186,6 +187,10 @@ class SequenceClassificationModule(pl.LightningModule):
                 + "; ".join(mismatched[:3])
                 + "). Use the same model_name_or_path and task as the run that wrote it."
             )
+
+    def model_card_facts(self) -> dict[str, str]:
+        """The export's model card facts this module knows: the base model, the GLUE task and what its score means."""
+        return {"base_model": str(self.hparams.model_name_or_path), **task_facts(self.task)}
 
     def configure_optimizers(self) -> dict:
         decay, no_decay = [], []

@@ -33,8 +33,9 @@ import datasets
 import torch
 import transformers
 
-from nxm_lightning.sparsity.model_card import CARD, recorded_scores, recorded_task
+from nxm_lightning.sparsity.model_card import CARD, recorded_scores
 from nxm_lightning.sparsity.onnx_format import optional_import
+from nxm_lightning.tasks.card import recorded_task
 from nxm_lightning.tasks.data import GLUEDataModule
 from nxm_lightning.tasks.glue import GLUE_TASKS, GlueTask, get_task
 from nxm_lightning.tasks.metrics import glue_metric_values, glue_score
