@@ -9,13 +9,13 @@ import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
 from callbacks._common import OptimizerStepGate, check_export_dir_at_fit_start, log_now, refuse_sharded_strategy
+from callbacks._export import LastValidation, export_model
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
 from callbacks.nxm_sparsify import NxMSparsifyCallback
 from nxm_lightning.sparsity.admm import check_layers_match
-from nxm_lightning.sparsity.export import export_pretrained
-from nxm_lightning.sparsity.model_card import card_facts
+from nxm_lightning.sparsity.export_format import sparsity_manifest
 from nxm_lightning.sparsity.nxm import first_violation
 from nxm_lightning.sparsity.precision import compute_dtype
 from nxm_lightning.sparsity.saliency import FisherEstimate, Saliency, check_saliency
@@ -111,7 +111,7 @@ class HardPruneCallback(TargetingCallback):
         self.masks: dict[str, torch.Tensor] = {}
         # The validation score just before and after the cut, for the export's model card.
         self.scores: dict[str, float] = {}
-        self._last_validation: tuple[int, int, float] | None = None  # (global step, epoch, val/score) after the cut
+        self._validation = LastValidation()  # the last validation after the cut
         self.follow_admm = False
         self.fisher: FisherEstimate | None = None  # saliency="fisher": the sum of squared gradients, until the cut
         self._pending_state: dict[str, Any] | None = None
@@ -222,14 +222,13 @@ class HardPruneCallback(TargetingCallback):
         self._prune(trainer, pl_module, "the end of the ADMM phase", masks)
 
     def _sparsity_metrics(self) -> dict[str, float]:
-        metrics, kept, total = {}, 0, 0
-        for t in self.targets:
-            nonzeros = int((t.weight != 0).sum())
-            metrics[f"sparsity_layers/{t.name}"] = 1 - nonzeros / t.weight.numel()
-            kept, total = kept + nonzeros, total + t.weight.numel()
-        metrics["sparsity/overall_density"] = kept / max(total, 1)
-        metrics["sparsity/overall_sparsity"] = 1 - kept / max(total, 1)
-        return metrics
+        """Each target's sparsity and the overall density, as the export's manifest counts them."""
+        weights = {t.name: t.module.weight.detach() for t in self.targets}
+        patterns = {t.name: t.pattern for t in self.targets}
+        manifest = sparsity_manifest(weights, patterns, {t.name for t in self.targets if t.transposed})
+        metrics = {f"sparsity_layers/{name}": 1 - entry["density"] for name, entry in manifest["layers"].items()}
+        density = manifest["overall_density"]
+        return {**metrics, "sparsity/overall_density": density, "sparsity/overall_sparsity": 1 - density}
 
     @torch.no_grad()
     def _apply_masks(self) -> None:
@@ -277,34 +276,16 @@ class HardPruneCallback(TargetingCallback):
         self.route(pl_module, compute_dtype(trainer.precision))
 
     def export(self, pl_module: pl.LightningModule, trainer: pl.Trainer | None = None) -> None:
-        """Write the pruned model to ``export_dir`` (rank zero only): HF folder + tokenizer + sparsity.json."""
+        """Write the pruned model to ``export_dir`` (rank zero only): HF folder + tokenizer + sparsity.json + model card,
+        by the export SavePretrainedCallback uses too (:func:`callbacks._export.export_model`)."""
         if not self.pruned:
             raise RuntimeError("Nothing to export: the model has not been pruned yet (HardPruneCallback prunes during fit).")
-        if trainer is not None and not trainer.is_global_zero:
-            return
-        hf_model = getattr(pl_module, "model", None)
-        if hf_model is None or not hasattr(hf_model, "save_pretrained"):
-            raise TypeError(
-                f"export_dir needs pl_module.model to be a transformers PreTrainedModel; {type(pl_module).__name__} "
-                "has none. Unset export_dir, or save the weights yourself."
-            )
         keys = {t.name: f"{t.name.removeprefix('model.')}.weight" for t in self.targets}
         patterns = {keys[t.name]: t.pattern for t in self.targets}
         transposed = {keys[t.name] for t in self.targets if t.transposed}
-        datamodule = getattr(trainer, "datamodule", None) if trainer is not None else None
-        tokenizer = getattr(datamodule, "tokenizer", None) or getattr(pl_module, "tokenizer", None)
-        card = card_facts(hf_model, pl_module, {**self.scores, **self._exported_score(trainer)})
-        path = export_pretrained(hf_model, tokenizer, patterns, self.export_dir, transposed, card)
-        rank_zero_info(
-            f"HardPruneCallback: exported the N:M model to {path} (check it: python -m nxm_lightning.sparsity.verify {path})"
+        export_model(
+            type(self).__name__, pl_module, trainer, self.export_dir, self.scores, self._validation, patterns, transposed
         )
-
-    def _exported_score(self, trainer: pl.Trainer | None) -> dict[str, float]:
-        """``{"exported model (epoch N)": score}`` when the last validation scored exactly the weights exported."""
-        if trainer is None or self._last_validation is None or self._last_validation[0] != trainer.global_step:
-            return {}
-        _, epoch, score = self._last_validation
-        return {f"exported model (epoch {epoch}, its last validation)": score}
 
     def route(self, pl_module: pl.LightningModule, dtype: torch.dtype | None = None) -> None:
         """Replace each pruned nn.Linear (or Conv1D) with an NxMLinear served by ``backend``.
@@ -347,9 +328,8 @@ class HardPruneCallback(TargetingCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The score of the weights as they are now, for the model card: the export holds the final weights, so this is
         # its own score when no training step follows this validation.
-        score = trainer.callback_metrics.get("val/score")
-        if self.pruned and score is not None and not trainer.sanity_checking:
-            self._last_validation = (trainer.global_step, trainer.current_epoch, float(score))
+        if self.pruned:
+            self._validation.record(trainer)
 
     def on_test_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._route_if_pruned(trainer, pl_module)

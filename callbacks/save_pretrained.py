@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.callbacks import Callback
-from lightning.pytorch.utilities import rank_zero_info
 
 from callbacks._common import check_export_dir_at_fit_start
-from nxm_lightning.sparsity.export import save_pretrained_atomic
-from nxm_lightning.sparsity.model_card import CARD, card_facts, render_model_card
+from callbacks._export import LastValidation, export_model
 
 
 class SavePretrainedCallback(Callback):
-    """Save ``pl_module.model`` (and the data module's tokenizer) with ``save_pretrained`` when fit ends, with a
-    README.md model card (base model, task, labels, the saved weights' validation score, the command).
+    """Save ``pl_module.model`` (and the data module's or the module's tokenizer) with ``save_pretrained`` when fit
+    ends, with a README.md model card (base model, task, labels, the saved weights' dev score and its epoch, the
+    command): the export of :class:`~callbacks.hard_prune.HardPruneCallback` (:func:`callbacks._export.export_model`),
+    for a dense model (no ``sparsity.json``).
 
     The dense run's export is what ``configs/glue_asp.yaml`` prunes and ``configs/glue_kd.yaml`` uses as teacher.
 
@@ -34,40 +33,14 @@ class SavePretrainedCallback(Callback):
             raise ValueError("export_dir must be a folder path, e.g. exports/glue_dense.")
         self.export_dir = export_dir
         self.use_best = use_best
+        self._validation = LastValidation()
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         check_export_dir_at_fit_start(trainer, stage, self.export_dir)
 
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._validation.record(trainer)
+
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        model = getattr(pl_module, "model", None)
-        if model is None or not hasattr(model, "save_pretrained"):
-            raise TypeError(
-                f"SavePretrainedCallback needs pl_module.model to be a transformers model; {type(pl_module).__name__} has none."
-            )
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
-        if best:
-            checkpoint = torch.load(best, map_location=pl_module.device, weights_only=True)
-            pl_module.on_load_checkpoint(checkpoint)  # e.g. DistillationModule puts its teacher's weights back
-            pl_module.load_state_dict(checkpoint["state_dict"])
-        if not trainer.is_global_zero:
-            return
-        tokenizer = getattr(trainer.datamodule, "tokenizer", None)
-        card = render_model_card(card_facts(model, pl_module, self._scores(trainer, bool(best))))
-        path = save_pretrained_atomic(model, tokenizer, self.export_dir, extra_files={CARD: card})
-        rank_zero_info(f"SavePretrainedCallback: saved {'the best checkpoint' if best else 'the final weights'} to {path}")
-
-    @staticmethod
-    def _scores(trainer: pl.Trainer, best: bool) -> dict[str, float]:
-        """The validation score of the weights saved, for the model card, when known.
-
-        The best checkpoint's score when it was chosen on ``val/score``; the last validation's when the final weights
-        are saved (or the "best" checkpoint is merely the latest, with no monitor); nothing for another monitor.
-        """
-        checkpoint = trainer.checkpoint_callback
-        monitor = getattr(checkpoint, "monitor", None)
-        if best and monitor == "val/score" and checkpoint.best_model_score is not None:
-            return {"best checkpoint": float(checkpoint.best_model_score)}
-        last = trainer.callback_metrics.get("val/score")
-        if last is None or (best and monitor is not None):
-            return {}
-        return {"last validation of the fit": float(last)}
+        export_model(type(self).__name__, pl_module, trainer, self.export_dir, {}, self._validation, best_checkpoint=best)

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
-from conftest import text_loader, toy_trainer
+from conftest import ToyModule, text_loader, toy_loader, toy_trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 
+import callbacks._export
 from callbacks import HardPruneCallback, SavePretrainedCallback
 from nxm_lightning.sparsity.model_card import (
     CardFacts,
@@ -147,5 +148,51 @@ def test_save_pretrained_card_has_the_best_checkpoint_score(tiny_bert: Path, tmp
     save = SavePretrainedCallback(str(tmp_path / "dense"))
     toy_trainer(tmp_path, [checkpoint, save], max_epochs=2).fit(module, text_loader(tiny_bert), text_loader(tiny_bert))
     card = (tmp_path / "dense" / "README.md").read_text()
-    assert f"| best checkpoint | {float(checkpoint.best_model_score):.2f} |" in card
+    # The exported weights are the best checkpoint's: its score, and the epoch it was saved at (in its file name too).
+    epoch = torch.load(checkpoint.best_model_path, weights_only=True)["epoch"]
+    assert f"epoch={epoch}" in Path(checkpoint.best_model_path).name
+    assert f"| exported model (epoch {epoch}, the best checkpoint) | {float(checkpoint.best_model_score):.2f} |" in card
     assert "Dense: no N:M sparsity" in card and front_matter(card)["pipeline_tag"] == "text-classification"
+
+
+def test_save_pretrained_card_has_the_final_weights_score_and_epoch(tiny_bert: Path, tmp_path: Path) -> None:
+    module = SequenceClassificationModule(str(tiny_bert), "stsb", learning_rate=1e-3)
+    save = SavePretrainedCallback(str(tmp_path / "dense"), use_best=False)
+    trainer = toy_trainer(tmp_path, [save], max_epochs=2)
+    trainer.fit(module, text_loader(tiny_bert), text_loader(tiny_bert))
+    card = (tmp_path / "dense" / "README.md").read_text()
+    assert f"| exported model (epoch 1, its last validation) | {float(trainer.callback_metrics['val/score']):.2f} |" in card
+    assert not (tmp_path / "dense" / "sparsity.json").exists()  # dense: no manifest, as before
+
+
+def test_both_callbacks_export_by_the_same_path(tiny_bert: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One exporter: the same weights give the same files (but the N:M manifest and the card's sparsity and cut)."""
+    calls = []
+    real = callbacks._export.export_pretrained
+    monkeypatch.setattr(callbacks._export, "export_pretrained", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    torch.manual_seed(0)
+    module = SequenceClassificationModule(str(tiny_bert), "stsb", learning_rate=1e-3)
+    save = SavePretrainedCallback(str(tmp_path / "saved"), use_best=False)  # first: before the cut's routing
+    prune = HardPruneCallback(backend="masked", export_dir=str(tmp_path / "pruned"))  # pruned at fit start
+    toy_trainer(tmp_path, [save, prune], max_epochs=1, enable_checkpointing=False).fit(
+        module, text_loader(tiny_bert), text_loader(tiny_bert)
+    )
+    assert calls == [str(tmp_path / "saved"), str(tmp_path / "pruned")]
+    saved, pruned = ({p.name: p.read_bytes() for p in (tmp_path / d).iterdir()} for d in ("saved", "pruned"))
+    assert set(pruned) - set(saved) == {"sparsity.json"}
+    assert {name for name in saved if saved[name] != pruned[name]} == {"README.md"}
+    # Both cards state the exported model's own score, alike.
+    rows = [line for line in saved["README.md"].decode().splitlines() if line.startswith("| exported model")]
+    assert len(rows) == 1 and rows[0] in pruned["README.md"].decode()
+
+
+def test_both_callbacks_refuse_a_module_without_a_transformers_model_alike(tmp_path: Path) -> None:
+    messages = []
+    for exporter in (
+        SavePretrainedCallback(str(tmp_path / "a")),
+        HardPruneCallback(include=[r"^net\.[02]$"], export_dir=str(tmp_path / "b")),
+    ):
+        with pytest.raises(TypeError) as raised:
+            toy_trainer(tmp_path, [exporter], max_epochs=1).fit(ToyModule(), toy_loader())
+        messages.append(str(raised.value).replace(type(exporter).__name__, "CALLBACK"))
+    assert messages[0] == messages[1] and "CALLBACK: export_dir needs pl_module.model to be a transformers" in messages[0]

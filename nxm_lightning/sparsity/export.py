@@ -60,12 +60,14 @@ def export_pretrained(
     transposed: Collection[str] = (),
     card: CardFacts | None = None,
 ) -> Path:
-    """Write ``model`` (a transformers PreTrainedModel), ``tokenizer``, ``sparsity.json`` and README.md to ``export_dir``.
+    """Write ``model`` (a transformers PreTrainedModel), ``tokenizer``, ``sparsity.json`` and README.md to ``export_dir``:
+    the one export of both callbacks (through :func:`callbacks._export.export_model`).
 
     Args:
         model: the pruned model.
         tokenizer: saved beside it when not None.
-        patterns: ``{state-dict key: pattern}``, e.g. ``{"bert.encoder.layer.0.attention.self.query.weight": 2:4}``.
+        patterns: ``{state-dict key: pattern}``, e.g. ``{"bert.encoder.layer.0.attention.self.query.weight": 2:4}``;
+            empty: a dense model, written without ``sparsity.json`` (its card says dense).
         export_dir: the folder to write: new, empty, or a previous export (replaced only once the new copy is
             complete); anything else is refused (:func:`check_export_target`).
         transposed: the keys whose weight is stored ``[in, out]`` (GPT-2's ``Conv1D``).
@@ -75,9 +77,10 @@ def export_pretrained(
     unknown = sorted(set(patterns) - set(state))
     if unknown:
         raise ValueError(f"Cannot export: pruned layers {unknown[:3]} are not in the model's state dict.")
-    manifest = sparsity_manifest(state, patterns, transposed)
-    readme = render_model_card(card or card_facts(model), manifest)
-    files = {MANIFEST: json.dumps(manifest, indent=2) + "\n", CARD: readme}
+    manifest = sparsity_manifest(state, patterns, transposed) if patterns else None
+    files = {CARD: render_model_card(card or card_facts(model), manifest)}
+    if manifest is not None:
+        files[MANIFEST] = json.dumps(manifest, indent=2) + "\n"
     return save_pretrained_atomic(model, tokenizer, export_dir, extra_files=files)
 
 
