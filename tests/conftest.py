@@ -42,9 +42,7 @@ def glue_dir() -> Path:
     return GLUE_DIR
 
 
-def save_tiny_bert(
-    path: Path, num_labels: int = 1, hidden: int = 32, layers: int = 2, initializer_range: float = 0.02
-) -> Path:
+def save_tiny_bert(path: Path, num_labels: int = 1, hidden: int = 32, layers: int = 2, initializer_range: float = 0.02) -> Path:
     """A randomly initialised 2-layer BERT with MiniLM's tokenizer, saved as a Hugging Face folder."""
     torch.manual_seed(0)
     config = BertConfig(
