@@ -17,6 +17,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_info
 
+from callbacks.protocols import hf_model_attribute, pretrained_model
 from nxm_lightning.sparsity.export import export_pretrained
 from nxm_lightning.sparsity.model_card import card_facts
 from nxm_lightning.sparsity.nxm import NxMPattern
@@ -40,12 +41,13 @@ class LastValidation:
 
 
 def transformers_model(who: str, pl_module: pl.LightningModule) -> Any:
-    """``pl_module.model``, once sure it is a transformers model (``save_pretrained``); else the one TypeError."""
-    model = getattr(pl_module, "model", None)
+    """The module's Hugging Face model (at its ``hf_model_attribute``, :class:`~callbacks.protocols.HoldsPretrainedModel`),
+    once sure it is a transformers model (``save_pretrained``); else the one TypeError."""
+    model = pretrained_model(pl_module)
     if model is None or not hasattr(model, "save_pretrained"):
         raise TypeError(
-            f"{who}: export_dir needs pl_module.model to be a transformers PreTrainedModel; {type(pl_module).__name__} "
-            "has none. Unset export_dir, or save the weights yourself."
+            f"{who}: export_dir needs pl_module.{hf_model_attribute(pl_module)} to be a transformers PreTrainedModel; "
+            f"{type(pl_module).__name__} has none. Unset export_dir, or save the weights yourself."
         )
     return model
 

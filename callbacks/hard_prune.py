@@ -14,6 +14,7 @@ from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
 from callbacks.best_and_last_checkpoint import forget_best_checkpoints
 from callbacks.nxm_sparsify import NxMSparsifyCallback
+from callbacks.protocols import ScoredModule, hf_weight_keys
 from nxm_lightning.sparsity.admm import check_layers_match
 from nxm_lightning.sparsity.export_format import sparsity_manifest
 from nxm_lightning.sparsity.nxm import first_violation
@@ -28,8 +29,10 @@ class HardPruneCallback(TargetingCallback):
 
     When to prune:
     - after ADMM (``after_admm``): when the ADMM phase of the trainer's :class:`NxMSparsifyCallback` ends, with its
-      final masks, on its targets and patterns (the NxMTransformer pipeline). With several sparsifiers in one trainer,
-      it follows the one whose targets (pattern, include, exclude, ...) equal its own;
+      final masks, on its targets and patterns (the NxMTransformer pipeline). The sparsifier calls this callback's
+      :meth:`on_admm_end` (:class:`~callbacks.protocols.ADMMEndListener`); which sparsifier: the one this callback
+      was subscribed to (``sparsify.add_end_listener(prune)``, in Python), else the trainer's only one, else among
+      several the one whose targets (pattern, include, exclude, ...) equal its own (a YAML list of callbacks);
     - otherwise at the start of epoch ``at_epoch`` or before optimizer step ``at_step``; with neither, at fit start
       (on a dense fine-tuned model, NVIDIA's ASP recipe).
     If fit ends before that point, the prune happens at fit end, so a finished fit always leaves an N:M model.
@@ -57,10 +60,13 @@ class HardPruneCallback(TargetingCallback):
         backend: ``auto``, ``masked``, ``packed`` or ``semi_structured`` (see :mod:`nxm_lightning.sparsity.sparse_linear`).
         backend_strict: an unavailable backend is an error instead of a warning and a fall back to ``masked``.
         export_dir: write the pruned model there at fit end (``save_pretrained`` + tokenizer + ``sparsity.json`` +
-            a README.md model card). A new, empty, or previous export folder; any other existing folder is refused
-            when fit starts, so that nothing of the user's is deleted.
+            a README.md model card): the module's Hugging Face model, at ``pl_module.model`` unless the module's
+            ``hf_model_attribute`` names another submodule (:class:`~callbacks.protocols.HoldsPretrainedModel`).
+            A new, empty, or previous export folder; any other existing folder is refused when fit starts, so that
+            nothing of the user's is deleted.
         score_at_prune: log ``prune/score_before`` and ``prune/score_after`` (the module's ``evaluate_score`` on the
-            validation data just before and just after the cut) when the module has that method.
+            validation data just before and just after the cut) when the module has that method
+            (:class:`~callbacks.protocols.ScoredModule`).
 
     Example::
 
@@ -124,10 +130,34 @@ class HardPruneCallback(TargetingCallback):
     # ---- setup ---------------------------------------------------------------------------------------------------
 
     def _sparsifier(self, trainer: pl.Trainer) -> NxMSparsifyCallback | None:
-        """The NxMSparsifyCallback this callback follows, or None (see ``after_admm``)."""
-        if self.after_admm is False or (self.after_admm is None and (self.at_epoch, self.at_step) != (None, None)):
-            return None
+        """The NxMSparsifyCallback of ``trainer`` this callback follows, or None; the pairing rule, and the only place
+        that looks for one (docs/ARCHITECTURE.md, "the cut"):
+
+        1. the sparsifier this callback is subscribed to (``sparsify.add_end_listener(prune)``: the explicit link, made
+           in Python, or by this method's caller at an earlier fit);
+        2. otherwise, when ``after_admm`` allows (not False, and not None with ``at_epoch`` / ``at_step`` set), the
+           trainer's only NxMSparsifyCallback, or among several the one whose targets equal this callback's: the
+           implicit link, for LightningCLI, which builds each callback of a YAML list on its own.
+
+        Each way that names no single sparsifier (two subscriptions, a subscription that ``after_admm`` /
+        ``at_epoch`` / ``at_step`` contradicts, several sparsifiers and not exactly one match, none with
+        ``after_admm=True``) is one ValueError at fit start.
+        """
         found = [cb for cb in trainer.callbacks if isinstance(cb, NxMSparsifyCallback)]
+        follows = not (self.after_admm is False or (self.after_admm is None and (self.at_epoch, self.at_step) != (None, None)))
+        linked = [cb for cb in found if any(listener is self for listener in cb.end_listeners)]
+        if len(linked) > 1 or (linked and not follows):
+            raise ValueError(
+                f"HardPruneCallback is subscribed (add_end_listener) to {len(linked)} NxMSparsifyCallback"
+                + ("s" if len(linked) > 1 else "") + ", but it "
+                + ("cuts once: subscribe it to one." if follows else
+                   f"prunes at another point (after_admm={self.after_admm}, at_epoch={self.at_epoch}, "
+                   f"at_step={self.at_step}): subscribe it to none, or set after_admm to true.")
+            )  # fmt: skip
+        if linked:
+            return linked[0]
+        if not follows:
+            return None
         if len(found) > 1:
             found = [cb for cb in found if cb.spec == self.spec]
             if len(found) != 1:
@@ -152,7 +182,8 @@ class HardPruneCallback(TargetingCallback):
         self.follow_admm = sparsify is not None
         if sparsify is not None:
             self.targets = sparsify.targets
-            sparsify.add_end_listener(self._prune_after_admm)
+            sparsify.add_end_listener(self)
+            rank_zero_info(f"HardPruneCallback: follows {sparsify.state_key} (the cut when its ADMM phase ends).")
         else:
             self.targets = self.spec.select(pl_module)
         refuse_fp16_weights(trainer, self.targets, type(self).__name__)
@@ -198,14 +229,14 @@ class HardPruneCallback(TargetingCallback):
                     "Fisher from; the cut ranks by magnitude."
                 )
         self.fisher = None
-        evaluate = getattr(pl_module, "evaluate_score", None)
-        loaders = _val_loaders(trainer) if self.score_at_prune and callable(evaluate) else None
+        scored = isinstance(pl_module, ScoredModule)
+        loaders = _val_loaders(trainer) if self.score_at_prune and scored else None
         metrics: dict[str, float] = {}
         if loaders:
-            metrics["prune/score_before"] = float(evaluate(loaders))
+            metrics["prune/score_before"] = float(pl_module.evaluate_score(loaders))
         self.masks = project_targets(self.targets, masks)
         if loaders:
-            metrics["prune/score_after"] = float(evaluate(loaders))
+            metrics["prune/score_after"] = float(pl_module.evaluate_score(loaders))
             self.scores = {"before the cut": metrics["prune/score_before"], "after the cut": metrics["prune/score_after"]}
         metrics.update(self._sparsity_metrics())
         log_now(trainer, metrics)
@@ -217,8 +248,9 @@ class HardPruneCallback(TargetingCallback):
             f"density {metrics['sparsity/overall_density']:.4f}" + (f"; val score {scores}" if scores else "")
         )
 
-    def _prune_after_admm(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, torch.Tensor]) -> None:
-        """The sparsifier's end listener: cut with the masks its ADMM phase chose."""
+    def on_admm_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, masks: dict[str, torch.Tensor]) -> None:
+        """The followed sparsifier's ADMM phase has ended (:class:`~callbacks.protocols.ADMMEndListener`): cut with
+        the masks it chose."""
         self._prune(trainer, pl_module, "the end of the ADMM phase", masks)
 
     def _sparsity_metrics(self) -> dict[str, float]:
@@ -280,7 +312,7 @@ class HardPruneCallback(TargetingCallback):
         by the export SavePretrainedCallback uses too (:func:`callbacks._export.export_model`)."""
         if not self.pruned:
             raise RuntimeError("Nothing to export: the model has not been pruned yet (HardPruneCallback prunes during fit).")
-        keys = {t.name: f"{t.name.removeprefix('model.')}.weight" for t in self.targets}
+        keys = hf_weight_keys(pl_module, [t.name for t in self.targets])
         patterns = {keys[t.name]: t.pattern for t in self.targets}
         transposed = {keys[t.name] for t in self.targets if t.transposed}
         export_model(

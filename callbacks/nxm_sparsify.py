@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -21,12 +20,11 @@ from callbacks._common import (
 )
 from callbacks._precision import pending_grad_scale, refuse_fp16_weights
 from callbacks._targeting import TargetingCallback
+from callbacks.protocols import ADMMEndListener, ScoredModule
 from nxm_lightning.sparsity.admm import ADMMState, PenaltyMode, ZStepStats, check_admm_args
 from nxm_lightning.sparsity.saliency import Saliency
 from nxm_lightning.sparsity.schedule import PhasePlan, check_phase_points, check_rho_schedule, plan_phase, single_point
 from nxm_lightning.sparsity.targets import Target, describe_targets, project_targets, restore_weights
-
-EndListener = Callable[[pl.Trainer, pl.LightningModule, dict[str, torch.Tensor]], None]
 
 
 class NxMSparsifyCallback(TargetingCallback):
@@ -36,7 +34,8 @@ class NxMSparsifyCallback(TargetingCallback):
     steps (default: each epoch end) sets Z = Proj_NxM(W + U) and U += W - Z. The ADMM phase runs from the start point
     (``start_epoch`` / ``start_step`` / ``start_fraction``; default: the first step, so that training before it is a
     dense phase) to the end point (``end_epoch`` / ``end_step`` / ``end_fraction``; default: the end of fit). Then a
-    :class:`HardPruneCallback` in the same trainer cuts the weights to exactly N:M and fine-tunes with the mask fixed.
+    :class:`HardPruneCallback` in the same trainer cuts the weights to exactly N:M and fine-tunes with the mask fixed:
+    the end listeners (:meth:`add_end_listener`) are called with the masks when the phase ends.
     Without one, the weights are only *near* N:M when fit ends, and a warning says so.
 
     Convergence: every Z-step logs the primal residual, the dual residual, the mask flip rate, rho and the share of
@@ -67,7 +66,8 @@ class NxMSparsifyCallback(TargetingCallback):
         end_when_converged: end the phase at the first Z-step that meets both thresholds (more steps are left for
             fine-tuning with the mask fixed).
         eval_pruned: at each validation also score the model with every target projected to N:M (the cost of a hard
-            prune at that moment), logged as ``val_pruned/score``; needs the module's ``evaluate_score``.
+            prune at that moment), logged as ``val_pruned/score``; needs the module's ``evaluate_score``
+            (:class:`~callbacks.protocols.ScoredModule`).
         log_per_layer: also log each layer's primal residual under ``admm_layers/``.
 
     Example::
@@ -127,13 +127,28 @@ class NxMSparsifyCallback(TargetingCallback):
         self.last_stats: ZStepStats | None = None
         self.plan: PhasePlan | None = None  # at train start, once the length of training is known
         self._pending_state: dict[str, Any] | None = None
-        self._end_listeners: list[EndListener] = []
+        self._end_listeners: list[ADMMEndListener] = []
         self._step_gate = OptimizerStepGate()
 
-    def add_end_listener(self, listener: EndListener) -> None:
-        """Call ``listener(trainer, pl_module, masks)`` when the ADMM phase ends, with the N:M masks a cut keeps under
-        this callback's saliency (HardPruneCallback registers itself and prunes with them)."""
-        self._end_listeners.append(listener)
+    def add_end_listener(self, listener: ADMMEndListener) -> None:
+        """Call ``listener.on_admm_end(trainer, pl_module, masks)`` once when the ADMM phase ends, with the N:M masks
+        a cut keeps under this callback's saliency (:class:`~callbacks.protocols.ADMMEndListener`).
+
+        A :class:`HardPruneCallback` in the same trainer subscribes itself at fit start (see its ``after_admm``);
+        subscribing it here first links the two explicitly. Subscribing a listener again does nothing.
+        """
+        if not isinstance(listener, ADMMEndListener):
+            raise TypeError(
+                f"add_end_listener takes an object with an on_admm_end(trainer, pl_module, masks) method "
+                f"(callbacks.protocols.ADMMEndListener), such as a HardPruneCallback; got {listener!r}."
+            )
+        if not any(known is listener for known in self._end_listeners):
+            self._end_listeners.append(listener)
+
+    @property
+    def end_listeners(self) -> tuple[ADMMEndListener, ...]:
+        """The listeners :meth:`add_end_listener` subscribed, in order."""
+        return tuple(self._end_listeners)
 
     # ---- setup ---------------------------------------------------------------------------------------------------
 
@@ -146,7 +161,7 @@ class NxMSparsifyCallback(TargetingCallback):
         # The factor is the plan's (rho_factor: auto), set at train start before the phase can begin.
         self.admm = ADMMState(self.targets, rho=self.rho, rho_factor=1.0 if self.rho_factor == "auto" else self.rho_factor,
                               rho_max=self.rho_max, penalty=self.penalty, saliency=self.saliency)  # fmt: skip
-        if self.eval_pruned and not callable(getattr(pl_module, "evaluate_score", None)):
+        if self.eval_pruned and not isinstance(pl_module, ScoredModule):
             raise ValueError(
                 f"eval_pruned: true needs the LightningModule to define evaluate_score(dataloaders) -> float; "
                 f"{type(pl_module).__name__} does not. Set eval_pruned: false or add the method."
@@ -276,7 +291,7 @@ class NxMSparsifyCallback(TargetingCallback):
         masks = self.admm.cut_masks()
         self.admm.release()
         for listener in self._end_listeners:
-            listener(trainer, pl_module, masks)
+            listener.on_admm_end(trainer, pl_module, masks)
 
     def verdict(self) -> str:
         """One line: did the phase converge (mask settled, W on N:M), and if not, what to change."""
@@ -314,6 +329,7 @@ class NxMSparsifyCallback(TargetingCallback):
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if not self.eval_pruned or trainer.sanity_checking or not self.active:
             return
+        assert isinstance(pl_module, ScoredModule)  # checked at setup
         with restore_weights(self.targets):
             project_targets(self.targets)
             score = float(pl_module.evaluate_score(trainer.val_dataloaders))

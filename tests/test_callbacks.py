@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -13,9 +14,11 @@ from conftest import KillAfter, Killed, ToyModule, text_loader, toy_loader, toy_
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from callbacks import HardPruneCallback, NxMSparsifyCallback, SavePretrainedCallback
+from callbacks.protocols import ADMMEndListener, HoldsPretrainedModel, ScoredModule, hf_model_attribute, pretrained_model
 from nxm_lightning.sparsity.nxm import is_nxm, nxm_mask
 from nxm_lightning.sparsity.saliency import fisher_saliency
 from nxm_lightning.sparsity.sparse_linear import NxMLinear
+from nxm_lightning.sparsity.verify import verify
 from nxm_lightning.tasks.module import SequenceClassificationModule
 
 INCLUDE = [r"^net\.[02]$"]  # the two hidden Linear layers; net.4 (16 -> 1) is the head
@@ -408,6 +411,63 @@ def test_include_matching_nothing_is_an_error(tmp_path: Path) -> None:
         toy_trainer(tmp_path, [sparsify]).fit(ToyModule(), toy_loader())
 
 
+class BackboneModule(SequenceClassificationModule):
+    """A module whose Hugging Face model lives at ``backbone.hf``, not ``model``, as its ``hf_model_attribute`` says."""
+
+    hf_model_attribute = "backbone.hf"
+
+    def __init__(self, model_name_or_path: str) -> None:
+        super().__init__(model_name_or_path, "stsb")
+        self.backbone = torch.nn.Module()
+        self.backbone.hf = self.model
+        del self.model
+
+    def setup(self, stage: str) -> None:
+        pass
+
+    def forward(self, **inputs: torch.Tensor) -> object:
+        return self.backbone.hf(**inputs)
+
+
+def test_the_modules_protocols(tiny_bert: Path) -> None:
+    """The task layer's modules meet the callbacks' protocols structurally; a plain module meets none."""
+    module = SequenceClassificationModule(str(tiny_bert), "stsb")
+    assert isinstance(module, ScoredModule) and isinstance(module, HoldsPretrainedModel)
+    assert hf_model_attribute(module) == "model" and pretrained_model(module) is module.model
+    toy = ToyModule()
+    assert not isinstance(toy, ScoredModule) and not isinstance(toy, HoldsPretrainedModel)
+    assert hf_model_attribute(toy) == "model" and pretrained_model(toy) is None
+    backbone = BackboneModule(str(tiny_bert))
+    assert hf_model_attribute(backbone) == "backbone.hf" and pretrained_model(backbone) is backbone.backbone.hf
+    backbone.hf_model_attribute = ""  # type: ignore[misc]
+    with pytest.raises(TypeError, match=r"BackboneModule.hf_model_attribute must name the submodule .* it is ''"):
+        hf_model_attribute(backbone)
+
+
+def test_export_takes_the_hf_model_where_the_module_says(tmp_path: Path, tiny_bert: Path) -> None:
+    module = BackboneModule(str(tiny_bert))
+    prune = HardPruneCallback(at_epoch=1, export_dir=str(tmp_path / "export"), backend="masked")
+    toy_trainer(tmp_path, [prune], max_epochs=2).fit(module, text_loader(tiny_bert), text_loader(tiny_bert, n=8))
+    assert prune.targets and all(t.name.startswith("backbone.hf.bert.encoder.") for t in prune.targets)
+    assert set(prune.scores) == {"before the cut", "after the cut"}  # scored through ScoredModule
+    layers = json.loads((tmp_path / "export" / "sparsity.json").read_text())["layers"]
+    assert sorted(layers) == sorted(f"{t.name.removeprefix('backbone.hf.')}.weight" for t in prune.targets)
+    assert verify(tmp_path / "export") == []
+
+
+def test_export_of_a_module_without_a_hf_model_names_where_it_looked(tmp_path: Path) -> None:
+    prune = HardPruneCallback(include=INCLUDE, backend="masked")
+    toy_trainer(tmp_path, [prune], max_epochs=1).fit(ToyModule(), toy_loader())
+    with pytest.raises(TypeError, match=r"export_dir needs pl_module.model to be a transformers PreTrainedModel; ToyModule"):
+        prune.export(ToyModule())
+
+
+def test_eval_pruned_needs_a_scored_module(tmp_path: Path) -> None:
+    sparsify = NxMSparsifyCallback(include=INCLUDE, eval_pruned=True)
+    with pytest.raises(ValueError, match=r"eval_pruned: true needs the LightningModule to define evaluate_score"):
+        toy_trainer(tmp_path, [sparsify], max_epochs=1).fit(ToyModule(), toy_loader())
+
+
 def test_export_before_prune_is_an_error() -> None:
     with pytest.raises(RuntimeError, match="not been pruned"):
         HardPruneCallback().export(ToyModule())
@@ -469,6 +529,49 @@ def test_the_link_to_the_sparsifier_is_checked_before_training(tmp_path: Path, c
         toy_trainer(tmp_path, callbacks(), max_epochs=1).fit(ToyModule(), toy_loader())
     with pytest.raises(ValueError, match="after_admm=True prunes when the ADMM phase ends"):
         HardPruneCallback(after_admm=True, at_epoch=1)
+
+
+def test_a_hard_prune_subscribed_to_a_sparsifier_follows_it(tmp_path: Path) -> None:
+    """The explicit link (Python): subscribed with add_end_listener, it follows that sparsifier, whatever its own
+    targets (here the default ones, which match neither and would be ambiguous without the link)."""
+    sparsifiers = [NxMSparsifyCallback(pattern="2:4", include=[r"^net\.0$"], update_every=2, end_step=8),
+                   NxMSparsifyCallback(pattern="1:4", include=[r"^net\.2$"], update_every=2, end_step=8)]  # fmt: skip
+    prune = HardPruneCallback(backend="masked")
+    sparsifiers[1].add_end_listener(prune)
+    sparsifiers[1].add_end_listener(prune)  # again: still one subscription
+    assert sparsifiers[1].end_listeners == (prune,) and sparsifiers[0].end_listeners == ()
+    model = ToyModule()
+    toy_trainer(tmp_path, [*sparsifiers, prune], max_epochs=1).fit(model, toy_loader())
+    assert sparsifiers[1].end_listeners == (prune,) and sparsifiers[0].end_listeners == ()
+    assert [t.name for t in prune.targets] == ["net.2"] and prune.pruned
+    assert is_nxm(model.net[2].dense_weight(), 1, 4) and not isinstance(model.net[0], NxMLinear)
+
+
+@pytest.mark.parametrize(
+    ("prune_args", "subscribed_to", "message"),
+    [
+        ({"after_admm": False}, [0], r"subscribed \(add_end_listener\) to 1 NxMSparsifyCallback, but it prunes at another"),
+        ({"at_epoch": 1}, [0], r"prunes at another point \(after_admm=None, at_epoch=1, at_step=None\)"),
+        ({}, [0, 1], r"subscribed \(add_end_listener\) to 2 NxMSparsifyCallbacks, but it cuts once"),
+    ],
+    ids=["after_admm-false", "at_epoch", "two"],
+)
+def test_a_subscription_the_hard_prune_cannot_follow_is_refused_at_fit_start(
+    tmp_path: Path, prune_args: dict, subscribed_to: list[int], message: str
+) -> None:
+    sparsifiers = [NxMSparsifyCallback(pattern="2:4", include=[r"^net\.0$"]),
+                   NxMSparsifyCallback(pattern="1:4", include=[r"^net\.2$"])]  # fmt: skip
+    prune = HardPruneCallback(include=INCLUDE, **prune_args)
+    for index in subscribed_to:
+        sparsifiers[index].add_end_listener(prune)
+    with pytest.raises(ValueError, match=message):
+        toy_trainer(tmp_path, [*sparsifiers, prune], max_epochs=1).fit(ToyModule(), toy_loader())
+
+
+def test_an_end_listener_is_an_admm_end_listener() -> None:
+    with pytest.raises(TypeError, match=r"an object with an on_admm_end\(trainer, pl_module, masks\) method"):
+        NxMSparsifyCallback().add_end_listener(lambda trainer, pl_module, masks: None)  # type: ignore[arg-type]
+    assert isinstance(HardPruneCallback(), ADMMEndListener)
 
 
 def test_after_admm_false_prunes_at_fit_start_beside_a_sparsifier(tmp_path: Path) -> None:

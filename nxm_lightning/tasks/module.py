@@ -38,6 +38,9 @@ class SequenceClassificationModule(pl.LightningModule):
     Logs ``val/loss``, each GLUE metric as ``val/<metric>`` and ``val/score`` (the task's GLUE score in points).
     """
 
+    # Where the callbacks find the Hugging Face model (callbacks.protocols.HoldsPretrainedModel): ``self.model``.
+    hf_model_attribute = "model"
+
     def __init__(
         self,
         model_name_or_path: str = DEFAULT_MODEL,
