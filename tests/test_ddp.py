@@ -91,6 +91,6 @@ def test_cli_pipeline_under_ddp_writes_one_export(tmp_path: Path, glue_dir: Path
     result = subprocess.run(command, capture_output=True, text=True, cwd=repo, timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     assert verify(tmp_path / "export") == []
-    assert (result.stdout + result.stderr).count("exported the N:M model") == 1
+    assert (result.stdout + result.stderr).count("HardPruneCallback: exported the final weights (N:M) to") == 1
     assert not list(tmp_path.glob(".export.partial-*"))
     assert sorted(p.name for p in (tmp_path / "runs").rglob("last*.ckpt")) == ["last.ckpt"]
