@@ -381,7 +381,7 @@ def test_the_precision_line_is_printed_by_the_command_a_user_types(tmp_path: Pat
 
     result = subprocess.run(
         [sys.executable, "cli.py", "fit", "--config", "glue_dense.yaml", *common_args(tmp_path, glue_dir, str(tiny_bert)),
-         "--trainer.fast_dev_run=1", "--trainer.callbacks=[]"],
+         "--trainer.fast_dev_run=1", "--trainer.callbacks=[]", f"--trainer.default_root_dir={tmp_path}"],
         capture_output=True, text=True, cwd=REPO,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
