@@ -16,7 +16,7 @@ import sys
 from dataclasses import dataclass, field
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 CARD = "README.md"
 # The Hub's pipeline tag for each head a transformers architecture name ends with.
@@ -57,6 +57,16 @@ class CardFacts:
     library_version: str = "unknown"
 
 
+@runtime_checkable
+class DescribesItsTask(Protocol):
+    """A module that tells its export's card the facts only the task layer knows (the task layer's modules do:
+    :mod:`nxm_lightning.tasks.card`); named here, where :func:`card_facts` reads it, so the core needs no task layer."""
+
+    def model_card_facts(self) -> dict[str, str]:
+        """Any of ``base_model``, ``task`` and ``score_name`` (what the card's scores mean)."""
+        ...
+
+
 def library_version() -> str:
     """The installed nxm-lightning version ("unknown" when run from a checkout that was never pip-installed)."""
     try:
@@ -72,15 +82,14 @@ def card_facts(
 
     Args:
         model: the exported ``PreTrainedModel`` (its config gives the architecture and the labels).
-        pl_module: a LightningModule; when it has a ``model_card_facts()`` method (the task layer's modules do), the
+        pl_module: a LightningModule; when it has a ``model_card_facts()`` method (:class:`DescribesItsTask`), the
             ``base_model``, ``task`` and ``score_name`` it returns (a dict, any of them) are the card's. Otherwise
             the base model is the model config's ``name_or_path`` and no task is recorded.
         scores: ``{when: dev score}`` to report.
         command: default: this process's command line (``sys.argv``).
     """
     config = getattr(model, "config", None)
-    own = getattr(pl_module, "model_card_facts", None)
-    told = dict(own()) if callable(own) else {}
+    told = dict(pl_module.model_card_facts()) if isinstance(pl_module, DescribesItsTask) else {}
     base = told.get("base_model") or getattr(config, "name_or_path", None) or None
     id2label = getattr(config, "id2label", None) or {}
     return CardFacts(
