@@ -71,3 +71,13 @@ def test_a_runs_score_is_that_of_the_model_it_exports(tmp_path: Path, scalars: d
     write_events(tmp_path, scalars)
     metrics = records.run_metrics(tmp_path)
     assert (metrics["best_score"], metrics["final_score"]) == (pytest.approx(best), pytest.approx(final))
+
+
+def test_a_record_keeps_the_distillation_loss_terms_whole(tmp_path: Path) -> None:
+    # Issue 27's question "can the student match its teacher's features?" is read from train/hidden_loss at the end.
+    hidden = [(9, 0.8), (19, 0.3), (29, 0.21)]
+    write_events(tmp_path, {"val/score": [(29, 80.0)], "train/hidden_loss": hidden, "train/task_loss": [(9, 1.0)],
+                            "train/unlisted": [(9, 1.0)]})  # fmt: skip
+    curves = records.run_metrics(tmp_path)["curves"]
+    assert set(curves) == {"train/hidden_loss", "train/task_loss"}
+    assert [(step, pytest.approx(value)) for step, value in curves["train/hidden_loss"]] == hidden

@@ -31,6 +31,8 @@ DENSE_BUILD = "study_build.json"
 CURVES = (
     "admm/primal_residual", "admm/dual_residual", "admm/mask_flip_rate", "admm/rho", "admm/w_step_progress",
     "val_pruned/score", "train/loss",
+    # DistillationModule's loss terms, to tell a student that cannot match its teacher from one that overfits.
+    "train/task_loss", "train/kd_loss", "train/hidden_loss",
 )  # fmt: skip
 PACKAGES = ("torch", "lightning", "transformers", "datasets", "torchmetrics", "tensorboard", "nxm-lightning")
 
