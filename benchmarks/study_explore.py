@@ -41,7 +41,7 @@ from benchmarks.study.plan import (
     zstep_args,
 )
 from benchmarks.study.records import load_records
-from benchmarks.study.report import TASKS, fmt_difference, plt, table_head, write_results
+from benchmarks.study.report import TASKS, fmt_difference, plt, signed, table_head, write_results
 from benchmarks.study.runner import drive, resolve_precision, run_options
 
 EXPLORATIONS = REPO / "benchmarks" / "records" / "study_exploration"
@@ -308,6 +308,61 @@ def family_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
     return [*lines, ""]
 
 
+def by_kind_and_task(records: list[dict[str, Any]], budget: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The sparse records at ``budget`` by (run kind, task)."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record["budget"] == budget:
+            grouped[(record.get("variant") or record["method"], record["task"])].append(record)
+    return grouped
+
+
+def points_cell(runs: list[dict[str, Any]]) -> str:
+    """The dev score just before the cut -> right after it -> the best, each minus the run's dense start, as means over
+    ``runs``; ``-`` where none logged its cut's scores."""
+    cut = [r for r in runs if r["metrics"].get("prune_score_after") is not None and "dense_start_score" in r]
+    if not cut:
+        return "-"
+    keys = ("prune_score_before", "prune_score_after", "best_score")
+    return " → ".join(signed(statistics.mean(r["metrics"][key] - r["dense_start_score"] for r in cut)) for key in keys)
+
+
+def hidden_loss_cell(runs: list[dict[str, Any]]) -> str:
+    """The normalised hidden-state loss at its first log after the cut -> over the last tenth of training (means over
+    ``runs``); ``-`` where no run recorded it (records before the loss terms were kept, or no feature term)."""
+    pairs = []
+    for record in runs:
+        curve = record["metrics"].get("curves", {}).get("train/hidden_loss")
+        if not curve:
+            continue
+        after = [value for step, value in curve if step >= (record["metrics"].get("prune_step") or 0)] or [curve[-1][1]]
+        pairs.append((after[0], statistics.mean(after[-max(1, len(after) // 10) :])))
+    if not pairs:
+        return "-"
+    return f"{statistics.mean(p[0] for p in pairs):.3f} → {statistics.mean(p[1] for p in pairs):.3f}"
+
+
+def family_mechanism_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
+    """Why the runs end where they do: where each kind's points go around the cut, and whether the student's features
+    reach its teacher's (means over seeds)."""
+    grouped = by_kind_and_task(records, budget)
+    kinds = kind_order(sorted({kind for kind, _ in grouped}))
+    lines = ["Where the points go: the dev score just before the cut → right after it → the run's best, each minus its "
+             "dense start (asp cuts at step 0, so its first number is the dense start's 0; nxm's ADMM phase moves the "
+             "weights before its cut). Means over seeds:", ""]  # fmt: skip
+    lines += table_head("run", *TASKS.values())
+    lines += [f"| {kind} | " + " | ".join(points_cell(grouped.get((kind, t), [])) for t in TASKS) + " |" for kind in kinds]
+    hidden = [(kind, [hidden_loss_cell(grouped.get((kind, t), [])) for t in TASKS]) for kind in kinds]
+    hidden = [(kind, cells) for kind, cells in hidden if any(cell != "-" for cell in cells)]
+    if hidden:
+        lines += ["", "Can the student match its teacher's features? Every layer's hidden-state MSE normalised by the "
+                  "teacher's feature energy (0: identical features), at its first log after the cut → its mean over the "
+                  "last tenth of training (means over seeds):", ""]  # fmt: skip
+        lines += table_head("run", *TASKS.values())
+        lines += [f"| {kind} | " + " | ".join(cells) + " |" for kind, cells in hidden]
+    return [*lines, ""]
+
+
 def plot_family(family_name: str, records: list[dict[str, Any]], budget: str, path: Path) -> bool:
     """Each run kind's difference from dense per task: one dot per seed, a bar at their mean; 0 and the goal's -0.5
     drawn. False (no file) when the budget has no run."""
@@ -377,6 +432,8 @@ def family_section(family_name: str, records: list[dict[str, Any]], docs: Path) 
     lines.append("")
     for budget in BUDGETS:
         lines += [f"#### The {budget} budget", "", *family_tables(records, budget)]
+        if by_kind_and_task(records, budget):
+            lines += family_mechanism_tables(records, budget)
         image = f"{family_name}_{budget}.png"
         if plot_family(family_name, records, budget, docs / image):
             lines += [f"![difference from dense, {budget} budget]({image})", ""]

@@ -161,3 +161,28 @@ def test_a_shorter_admm_phase_gets_its_own_z_step_interval(tmp_path: Path) -> No
         runs["nxm_sqh1"].callback_args[ADMM_CALLBACK],
     )
     assert short == {"end_fraction": 0.3, "update_every": 11} and full == {"update_every": 19}
+
+
+def test_the_family_results_show_where_the_points_go_and_whether_features_reach_the_teachers(tmp_path: Path) -> None:
+    def cut(kind: str, seed: int, before: float, after: float, best: float, hidden: list | None = None) -> dict:
+        record = fake_record(kind, "rte", seed, best)
+        record["metrics"].update(prune_score_before=before, prune_score_after=after, prune_step=100)
+        record["metrics"]["curves"] = {"train/hidden_loss": hidden} if hidden else {}
+        return record
+
+    # The hidden loss's ADMM-phase logs (before step 100) are not the student after its cut; the last tenth of 20 logs
+    # after it is their last 2.
+    after_cut = [(100 + 10 * i, 0.5 - 0.01 * i) for i in range(20)]
+    records = [
+        cut("asp_sqh1", 42, 80.0, 60.0, 77.0),
+        cut("asp_sqh1", 43, 80.0, 62.0, 78.0),
+        cut("nxm_sqh1", 42, 77.5, 77.0, 78.5, [(50, 0.9), *after_cut]),
+    ]
+    lines = study_explore.family_section("feature_kd", records, tmp_path)
+    points = [line for line in lines if line.startswith("| asp_sqh1 |") or line.startswith("| nxm_sqh1 |")]
+    assert points[2] == "| asp_sqh1 | - | - | - | +0.0 → -19.0 → -2.5 |"
+    assert points[3] == "| nxm_sqh1 | - | - | - | -2.5 → -3.0 → -1.5 |"
+    hidden = [line for line in lines if line.startswith("| nxm_sqh1 |")][-1]
+    assert hidden == "| nxm_sqh1 | - | - | - | 0.500 → 0.315 |"
+    # asp_sqh1 recorded no hidden curve: a row in the difference and points tables only
+    assert [line.startswith("| asp_sqh1 |") for line in lines].count(True) == 2
