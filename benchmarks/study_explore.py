@@ -88,11 +88,15 @@ FEATURE_KD_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 ADMM_SHORT_END = 0.3
+HARD_PRUNE = "callbacks.HardPruneCallback"
+# asp_fisher's cut (configs/glue_asp_fisher.yaml): the squared gradients of the 32 optimizer steps before it.
+FISHER_CUT = {"at_step": 32, "saliency": "fisher"}
 
 
 def feature_kd_variants() -> dict[str, Variant]:
     """``asp_<recipe>`` against asp and asp_kd; ``nxm_<recipe>`` against nxm_kd and asp_<recipe> (the goal's pair);
-    ``nxm_<recipe>_admm30`` (a shorter ADMM phase) against asp_<recipe> and nxm_<recipe>."""
+    ``nxm_<recipe>_admm30`` (a shorter ADMM phase) against asp_<recipe> and nxm_<recipe>; ``asp_fisher_<recipe>``
+    (asp_fisher's cut: a better mask, no ADMM) against asp_<recipe> and nxm_<recipe>."""
     variants = {}
     for name, (what, loss) in FEATURE_KD_RECIPES.items():
         model_edits = {**loss, "cache_teacher_logits": False}  # the hidden states are needed at every step
@@ -102,6 +106,11 @@ def feature_kd_variants() -> dict[str, Variant]:
         variants[f"nxm_{name}_admm30"] = Variant(
             "nxm_kd", {ADMM_CALLBACK: {"end_fraction": ADMM_SHORT_END}}, (f"asp_{name}", f"nxm_{name}"),
             f"nxm with {what}, its ADMM phase ending by {ADMM_SHORT_END:.0%} of training", model_edits, "feature_kd",
+        )  # fmt: skip
+        variants[f"asp_fisher_{name}"] = Variant(
+            "asp_kd", {HARD_PRUNE: FISHER_CUT}, (f"asp_{name}", f"nxm_{name}"),
+            f"asp_fisher (the cut after {FISHER_CUT['at_step']} steps, ranked by Fisher x W^2) with {what}", model_edits,
+            "feature_kd",
         )  # fmt: skip
     return variants
 
@@ -248,17 +257,28 @@ DENSE_MARGIN = -0.5
 PAIR_MARGIN = 0.5
 
 
-def family_runs(records: list[dict[str, Any]], budget: str) -> dict[str, dict[str, dict[int, float]]]:
-    """``{run kind: {task: {seed: best score - its dense start}}}`` of sparse records at ``budget``; a
+def family_runs(records: list[dict[str, Any]], budget: str) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
+    """``{run kind: {task: {seed: (best score - its dense start, that start)}}}`` of sparse records at ``budget``; a
     record without its dense start (older code) is measured against its task's dense record."""
     dense = {r["task"]: r["metrics"]["best_score"] for r in records if r["budget"] is None}
-    runs: dict[str, dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    runs: dict[str, dict[str, dict[int, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
     for record in records:
         if record["budget"] == budget:
             start = record.get("dense_start_score", dense.get(record["task"]))
             kind = record.get("variant") or record["method"]
-            runs[kind][record["task"]][record["seed"]] = record["metrics"]["best_score"] - start
+            runs[kind][record["task"]][record["seed"]] = (record["metrics"]["best_score"] - start, start)
     return runs
+
+
+def differences(runs: dict[int, tuple[float, float]]) -> list[float]:
+    """The differences from dense of one kind's runs of one task (:func:`family_runs`), by seed."""
+    return [difference for difference, _ in runs.values()]
+
+
+def paired_differences(ours: dict[int, tuple[float, float]], theirs: dict[int, tuple[float, float]]) -> list[float]:
+    """Seed by seed, ``ours`` minus ``theirs`` where both started from the same dense model: a dense export rebuilt on
+    another machine is another model, and a pair across two of them would compare unlike starts."""
+    return [ours[s][0] - theirs[s][0] for s in sorted(ours) if s in theirs and ours[s][1] == theirs[s][1]]
 
 
 def kind_order(kinds: list[str]) -> list[str]:
@@ -276,10 +296,10 @@ def family_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
     lines += table_head("run", *TASKS.values(), "4-task average")
     averages: dict[str, float] = {}
     for kind in kind_order(list(runs)):
-        cells = [fmt_difference(list(runs[kind].get(task, {}).values())) for task in TASKS]
+        cells = [fmt_difference(differences(runs[kind].get(task, {}))) for task in TASKS]
         complete = all(runs[kind].get(task) for task in TASKS)
         if complete:
-            averages[kind] = statistics.mean(statistics.mean(runs[kind][task].values()) for task in TASKS)
+            averages[kind] = statistics.mean(statistics.mean(differences(runs[kind][task])) for task in TASKS)
         lines.append(f"| {kind} | " + " | ".join(cells) + f" | {f'{averages[kind]:+.2f}' if complete else '-'} |")
     recipes = sorted({kind.removeprefix("nxm_") for kind in runs if kind.startswith("nxm_")} & set(FEATURE_KD_RECIPES))
     if recipes:
@@ -287,8 +307,7 @@ def family_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
         lines += table_head("recipe", *TASKS.values())
         for recipe in recipes:
             ours, theirs = runs.get(f"nxm_{recipe}", {}), runs.get(f"asp_{recipe}", {})
-            cells = [fmt_difference([ours[t][s] - theirs[t][s] for s in ours.get(t, {}) if s in theirs.get(t, {})])
-                     for t in TASKS]  # fmt: skip
+            cells = [fmt_difference(paired_differences(ours.get(t, {}), theirs.get(t, {}))) for t in TASKS]
             lines.append(f"| {recipe} | " + " | ".join(cells) + " |")
     if budget == "paper":
         lines += ["", "Goals (issue 27, 4-task average, paper budget):", ""]
@@ -374,7 +393,7 @@ def plot_family(family_name: str, records: list[dict[str, Any]], budget: str, pa
     width = 0.8 / len(kinds)
     for i, kind in enumerate(kinds):
         for j, task in enumerate(TASKS):
-            values = list(runs[kind].get(task, {}).values())
+            values = differences(runs[kind].get(task, {}))
             if not values:
                 continue
             x = j + (i - (len(kinds) - 1) / 2) * width

@@ -186,3 +186,25 @@ def test_the_family_results_show_where_the_points_go_and_whether_features_reach_
     assert hidden == "| nxm_sqh1 | - | - | - | 0.500 → 0.315 |"
     # asp_sqh1 recorded no hidden curve: a row in the difference and points tables only
     assert [line.startswith("| asp_sqh1 |") for line in lines].count(True) == 2
+
+
+def test_a_pair_needs_one_dense_start_and_asp_fisher_recipes_cut_by_fisher(tmp_path: Path) -> None:
+    records = [fake_record("asp_sqh1", "rte", seed, 78.0) for seed in (42, 43)]
+    records += [fake_record("nxm_sqh1", "rte", seed, 79.0) for seed in (42, 43)]
+    records[3]["dense_start_score"] = 81.0  # seed 43's nxm run started from a dense model rebuilt elsewhere
+    lines = study_explore.family_section("feature_kd", records, tmp_path)
+    assert next(line for line in lines if line.startswith("| sqh1 |")) == "| sqh1 | - | - | - | +1.0 (n=1) |"
+    assert next(line for line in lines if line.startswith("| nxm_sqh1 |")) == "| nxm_sqh1 | - | - | - | -1.5 ± 0.7 (n=2) | - |"
+
+    study = Study(tmp_path / "study", "../shared/data/glue", tasks=("stsb",), records_dir=tmp_path / "study_records")
+    finish_grid_and_sweep(study)
+    exploration = study_explore.Exploration(
+        tmp_path / "work", "../shared/data/glue", tasks=("stsb",), seeds=(42,), records_dir=tmp_path / "records",
+        variants=("asp_fisher_sqh1",), budget="short", study_records=tmp_path / "study_records",
+    )  # fmt: skip
+    finish(exploration, next(exploration.runs()), 85.5)  # the dense teacher
+    run = exploration.method_spec("asp_fisher_sqh1", "stsb", 42)
+    config = yaml.safe_load(run.edited_config()[0])
+    prune = next(cb["init_args"] for cb in config["trainer"]["callbacks"] if cb["class_path"] == study_explore.HARD_PRUNE)
+    assert (prune["at_step"], prune["saliency"]) == (32, "fisher")
+    assert config["model"]["init_args"]["hidden_weight"] == 1.0 and run.teacher
