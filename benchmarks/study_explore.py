@@ -382,6 +382,16 @@ def family_mechanism_tables(records: list[dict[str, Any]], budget: str) -> list[
     return [*lines, ""]
 
 
+def kind_color(kinds: list[str], kind: str) -> tuple[float, ...]:
+    """One colour per run kind, distinct for up to 20 (matplotlib's ten-colour cycle repeats past ten)."""
+    return plt.get_cmap("tab20")(kinds.index(kind) % 20)
+
+
+def kind_marker(kind: str) -> str:
+    """Circles for asp's kinds, triangles for nxm's: the pair the goal compares reads at a glance."""
+    return "o" if kind.startswith("asp") else "^"
+
+
 def plot_family(family_name: str, records: list[dict[str, Any]], budget: str, path: Path) -> bool:
     """Each run kind's difference from dense per task: one dot per seed, a bar at their mean; 0 and the goal's -0.5
     drawn. False (no file) when the budget has no run."""
@@ -397,8 +407,9 @@ def plot_family(family_name: str, records: list[dict[str, Any]], budget: str, pa
             if not values:
                 continue
             x = j + (i - (len(kinds) - 1) / 2) * width
-            ax.scatter([x] * len(values), values, s=12, color=f"C{i}", label=kind)
-            ax.hlines(statistics.mean(values), x - width / 2.5, x + width / 2.5, color=f"C{i}", linewidth=2)
+            color = kind_color(kinds, kind)
+            ax.scatter([x] * len(values), values, s=14, color=color, marker=kind_marker(kind), label=kind)
+            ax.hlines(statistics.mean(values), x - width / 2.5, x + width / 2.5, color=color, linewidth=2)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles))
     ax.legend(unique.values(), unique.keys(), fontsize=7, ncol=2)
@@ -425,9 +436,10 @@ def plot_family_curves(records: list[dict[str, Any]], budget: str, path: Path) -
     for ax, task in zip(axes[0], tasks):
         for record in (r for r in runs if r["task"] == task):
             kind, start, metrics = record.get("variant") or record["method"], record["dense_start_score"], record["metrics"]
-            color = f"C{kinds.index(kind)}"
+            color = kind_color(kinds, kind)
             steps, scores = zip(*metrics["val_scores"])
-            ax.plot(steps, [score - start for score in scores], color=color, label=kind, linewidth=1, marker=".")
+            ax.plot(steps, [score - start for score in scores], color=color, label=kind, linewidth=1,
+                    marker=kind_marker(kind), markersize=3)  # fmt: skip
             if metrics.get("prune_score_after") is not None and metrics.get("prune_step") is not None:
                 ax.scatter([metrics["prune_step"]], [metrics["prune_score_after"] - start], color=color, marker="x")
         ax.axhline(0, color="black", linewidth=0.8)
