@@ -383,8 +383,10 @@ def family_mechanism_tables(records: list[dict[str, Any]], budget: str) -> list[
 
 
 def kind_color(kinds: list[str], kind: str) -> tuple[float, ...]:
-    """One colour per run kind, distinct for up to 20 (matplotlib's ten-colour cycle repeats past ten)."""
-    return plt.get_cmap("tab20")(kinds.index(kind) % 20)
+    """One colour per run kind, distinct for up to 20 (matplotlib's ten-colour cycle repeats past ten): tab20's ten
+    strong colours first, then their light partners."""
+    index = kinds.index(kind) % 20
+    return plt.get_cmap("tab20")(2 * index if index < 10 else 2 * (index - 10) + 1)
 
 
 def kind_marker(kind: str) -> str:
@@ -426,7 +428,8 @@ def plot_family(family_name: str, records: list[dict[str, Any]], budget: str, pa
 
 def plot_family_curves(records: list[dict[str, Any]], budget: str, path: Path) -> bool:
     """Per task, the dev score after every evaluation of each run kind's first-seed run, minus its dense start (x: the
-    cut's own score where the run cut during training). False (no file) when the budget has no run."""
+    cut's own score where the run cut during training; dotted: the evaluations before it, of dense weights). False (no
+    file) when the budget has no run."""
     runs = [r for r in records if r["budget"] == budget and r["seed"] == min(x["seed"] for x in records if x["budget"] == budget)]
     tasks = [task for task in TASKS if any(r["task"] == task for r in runs)]
     if not tasks:
@@ -437,9 +440,15 @@ def plot_family_curves(records: list[dict[str, Any]], budget: str, path: Path) -
         for record in (r for r in runs if r["task"] == task):
             kind, start, metrics = record.get("variant") or record["method"], record["dense_start_score"], record["metrics"]
             color = kind_color(kinds, kind)
-            steps, scores = zip(*metrics["val_scores"])
-            ax.plot(steps, [score - start for score in scores], color=color, label=kind, linewidth=1,
-                    marker=kind_marker(kind), markersize=3)  # fmt: skip
+            cut_step = metrics.get("prune_step") or 0
+            # Evaluations before the cut score dense weights (nxm's ADMM phase), not a 2:4 model: dotted, unlabelled.
+            before = [(step, score - start) for step, score in metrics["val_scores"] if step < cut_step]
+            after = [(step, score - start) for step, score in metrics["val_scores"] if step >= cut_step]
+            if before:
+                ax.plot(*zip(*before), color=color, linewidth=1, linestyle=":", marker=kind_marker(kind), markersize=2,
+                        label=None if after else kind)  # fmt: skip
+            if after:
+                ax.plot(*zip(*after), color=color, label=kind, linewidth=1, marker=kind_marker(kind), markersize=3)
             if metrics.get("prune_score_after") is not None and metrics.get("prune_step") is not None:
                 ax.scatter([metrics["prune_step"]], [metrics["prune_score_after"] - start], color=color, marker="x")
         ax.axhline(0, color="black", linewidth=0.8)
@@ -470,7 +479,8 @@ def family_section(family_name: str, records: list[dict[str, Any]], docs: Path) 
             lines += [f"![difference from dense, {budget} budget]({image})", ""]
         curves = f"{family_name}_{budget}_curves.png"
         if plot_family_curves(records, budget, docs / curves):
-            caption = f"dev score after every evaluation of each first-seed run, {budget} budget, minus its dense start"
+            caption = (f"dev score after every evaluation of each first-seed run, {budget} budget, minus its dense "
+                       "start (x: the cut; dotted: dense weights before it)")  # fmt: skip
             lines += [f"![{caption}]({curves})", ""]
     lines += ["Every run (best dev score, epoch of the best at its step, last; the machine and precision):", ""]
     lines += table_head("run", "best (step)", "last", "dense start", "wall", "machine, precision")
