@@ -15,6 +15,8 @@ Run from the repository root, in the background::
 
     nohup python -m benchmarks.study_explore run nxm_gentle --tasks cola --seeds 42 43 --workers 2 > explore.log 2>&1 &
     nohup python -m benchmarks.study_explore run asp_last asp_sqh1 --budget short --tasks stsb rte > fkd.log 2>&1 &
+    # the goal's pairs alone (asp_sqh1, nxm_sqh1), two side by side, without the other partners (nxm_kd)
+    nohup python -m benchmarks.study_explore run nxm_sqh1 --pairs-only --workers 2 > fkd_paper.log 2>&1 &
     python -m benchmarks.study_explore report nxm_gentle     # the paired table, as Markdown
 """
 
@@ -139,6 +141,7 @@ class Exploration(Study):
 
     variants: tuple[str, ...] = ()
     budget: str = "paper"
+    pairs_only: bool = False  # each variant and its first partner only (the pair it is explored for)
     study_records: Path = RECORDS  # the study's, whose choices (dense run, learning rates) the exploration takes
     study: Study = field(init=False)
 
@@ -184,6 +187,8 @@ class Exploration(Study):
                     yield from self._planned(
                         lambda t=task, s=seed, f=first, v=name: [self.method_spec(f, t, s), self.method_spec(v, t, s)]
                     )
+        if self.pairs_only:
+            return
         for seed in self.seeds:
             for task in self.tasks:
                 for name in self.variants:
@@ -195,7 +200,8 @@ def exploration(args: argparse.Namespace, **kwargs: Any) -> Exploration:
     name = family(args.variants[0])
     work_dir = (args.work_dir or REPO / "benchmarks" / "results" / "explore" / name).resolve()
     return Exploration(work_dir, args.data_dir, tuple(args.tasks), tuple(args.seeds), records_dir=EXPLORATIONS / name,
-                       variants=tuple(args.variants), budget=args.budget, **kwargs)  # fmt: skip
+                       variants=tuple(args.variants), budget=args.budget, pairs_only=args.pairs_only,
+                       **kwargs)  # fmt: skip
 
 
 def cmd_run(args: argparse.Namespace) -> None:
@@ -512,6 +518,9 @@ def main(argv: list[str] | None = None) -> None:
                          help=f"one or more of one family: {', '.join(VARIANTS)}")  # fmt: skip
     variant.add_argument("--budget", choices=BUDGETS, default="paper")
     common = task_options(work_dir=None)
+    common.add_argument("--pairs-only", action="store_true",
+                        help="plan each variant and its first partner only (the pair it is explored for), not its "
+                             "other partners")  # fmt: skip
     run = sub.add_parser("run", parents=[variant, common, run_options()], help="run what has no record yet")
     run.set_defaults(func=cmd_run)
     plan = sub.add_parser("plan", parents=[variant, common], help="list the runs: finished (with score), to run, waiting")

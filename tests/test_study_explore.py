@@ -208,3 +208,23 @@ def test_a_pair_needs_one_dense_start_and_asp_fisher_recipes_cut_by_fisher(tmp_p
     prune = next(cb["init_args"] for cb in config["trainer"]["callbacks"] if cb["class_path"] == study_explore.HARD_PRUNE)
     assert (prune["at_step"], prune["saliency"]) == (32, "fisher")
     assert config["model"]["init_args"]["hidden_weight"] == 1.0 and run.teacher
+
+
+def test_pairs_only_plans_each_variant_and_its_first_partner_alone(tmp_path: Path) -> None:
+    exploration = explored(tmp_path)
+    finish(exploration, next(exploration.runs()), 85.5)
+    exploration.pairs_only = True
+    runs = [item.name for item in exploration.runs() if isinstance(item, RunSpec) and item.budget == "paper"]
+    # nxm_gentle's other partner, nxm, is left out
+    assert runs == [
+        "asp_paper_lr0.0001_stsb_s42", "nxm_gentle_paper_lr0.0001_stsb_s42",
+        "asp_paper_lr0.0001_stsb_s43", "nxm_gentle_paper_lr0.0001_stsb_s43",
+    ]  # fmt: skip
+
+
+def test_the_command_line_takes_pairs_only_for_run_and_plan(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen = []
+    monkeypatch.setattr(study_explore, "print_plan", lambda exploration: seen.append(exploration.pairs_only))
+    study_explore.main(["plan", "nxm_sqh1", "--pairs-only", "--tasks", "stsb"])
+    study_explore.main(["plan", "nxm_sqh1", "--tasks", "stsb"])
+    assert seen == [True, False]
