@@ -14,11 +14,12 @@ record's command again, up to the first epoch that scores the record's best.
 The plan, in the order it runs (seed by seed across the tasks, so that a partial study gives whole seeds of the
 4-task average that the goals are on; each seed's short budget right after its paper budget):
 
-1. ``dense``: ``configs/glue_dense.yaml`` at each learning rate of :data:`DENSE_LRS` for up to 10 epochs, stopped
-   after 3 epochs without a better dev score; the best epoch is exported. The best run of the task is the start of
-   every sparse method and the teacher of the ``_kd`` ones.
-2. On :data:`SWEEP_TASK` only: ``asp`` and ``nxm`` at the ``paper`` budget for each of :data:`SPARSE_LRS`; the best
-   becomes the learning rate of that method (and of its ``_kd`` and ``_fisher`` partners) on every task.
+1. ``dense``: ``configs/glue_dense.yaml`` at each learning rate of :data:`DENSE_LRS` (5e-5, 1e-4, 2e-4) for up to
+   10 epochs, stopped after 3 epochs without a better dev score; the best epoch is exported. The best run of the task
+   is the start of every sparse method and the teacher of the ``_kd`` ones.
+2. On :data:`SWEEP_TASK` (stsb) only: ``asp`` and ``nxm`` at the ``paper`` budget for each of :data:`SPARSE_LRS`
+   (1e-4, 5e-5, 2e-4); the best becomes the learning rate of that method (and of its ``_kd`` and ``_fisher``
+   partners) on every task.
 3. The ``paper`` budget (10 epochs after the dense stage; ADMM's phase holds at least 20 Z-steps): ``asp``
    (``glue_asp.yaml``), ``nxm`` (``glue_nxm.yaml``), ``asp_kd`` (``glue_asp_kd.yaml``), ``nxm_kd`` (``glue_kd.yaml``)
    (each pair of the goals' differences back to back) and the ablation ``asp_fisher`` (``glue_asp_fisher.yaml``:
@@ -52,6 +53,7 @@ from __future__ import annotations
 
 import argparse
 
+from benchmarks._help import help_text
 from benchmarks.study.plan import BUDGETS, REPO, Study, print_plan, task_options
 from benchmarks.study.runner import drive, resolve_precision, run_options
 
@@ -66,7 +68,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
     common = task_options(REPO / "benchmarks" / "results" / "study")
     common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))

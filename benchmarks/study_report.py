@@ -14,13 +14,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from benchmarks._help import help_text
 from benchmarks.study.plan import RECORDS, REPO
 from benchmarks.study.records import load_records
 from benchmarks.study.report import generated_section, write_results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md")
     args = parser.parse_args(argv)
