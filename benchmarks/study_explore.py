@@ -226,7 +226,7 @@ def report_lines(variant: str, records: list[dict[str, Any]], budget: str = "pap
         if record["budget"] is None:
             dense[record["task"]] = record["metrics"]["best_score"]
         else:
-            scores[(record.get("variant") or record["method"], record["task"])][record["seed"]] = record
+            scores[(run_kind(record), record["task"])][record["seed"]] = record
     lines = [f"Variant `{variant}` ({budget} budget): {VARIANTS[variant].what}.", ""]
     lines += table_head("task", "dense start", *(f"{m} (best; last)" for m in methods), *(f"{variant} - {p}" for p in partners))
     for task in (t for t in TASKS if t in dense):
@@ -264,16 +264,29 @@ DENSE_MARGIN = -0.5
 PAIR_MARGIN = 0.5
 
 
+def run_kind(record: dict[str, Any]) -> str:
+    """What a record's run is in the tables: its variant, else its study method."""
+    return record.get("variant") or record["method"]
+
+
+def by_kind_and_task(records: list[dict[str, Any]], budget: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
+    """The sparse records at ``budget`` by (run kind, task)."""
+    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
+    for record in records:
+        if record["budget"] == budget:
+            grouped[(run_kind(record), record["task"])].append(record)
+    return grouped
+
+
 def family_runs(records: list[dict[str, Any]], budget: str) -> dict[str, dict[str, dict[int, tuple[float, float]]]]:
     """``{run kind: {task: {seed: (best score - its dense start, that start)}}}`` of sparse records at ``budget``; a
     record without its dense start (older code) is measured against its task's dense record."""
     dense = {r["task"]: r["metrics"]["best_score"] for r in records if r["budget"] is None}
     runs: dict[str, dict[str, dict[int, tuple[float, float]]]] = defaultdict(lambda: defaultdict(dict))
-    for record in records:
-        if record["budget"] == budget:
-            start = record.get("dense_start_score", dense.get(record["task"]))
-            kind = record.get("variant") or record["method"]
-            runs[kind][record["task"]][record["seed"]] = (record["metrics"]["best_score"] - start, start)
+    for (kind, task), grouped in by_kind_and_task(records, budget).items():
+        for record in grouped:
+            start = record.get("dense_start_score", dense.get(task))
+            runs[kind][task][record["seed"]] = (record["metrics"]["best_score"] - start, start)
     return runs
 
 
@@ -334,15 +347,6 @@ def family_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
     return [*lines, ""]
 
 
-def by_kind_and_task(records: list[dict[str, Any]], budget: str) -> dict[tuple[str, str], list[dict[str, Any]]]:
-    """The sparse records at ``budget`` by (run kind, task)."""
-    grouped: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
-    for record in records:
-        if record["budget"] == budget:
-            grouped[(record.get("variant") or record["method"], record["task"])].append(record)
-    return grouped
-
-
 def points_cell(runs: list[dict[str, Any]]) -> str:
     """The dev score just before the cut -> right after it -> the best, each minus the run's dense start, as means over
     ``runs``; ``-`` where none logged its cut's scores."""
@@ -370,8 +374,10 @@ def hidden_loss_cell(runs: list[dict[str, Any]]) -> str:
 
 def family_mechanism_tables(records: list[dict[str, Any]], budget: str) -> list[str]:
     """Why the runs end where they do: where each kind's points go around the cut, and whether the student's features
-    reach its teacher's (means over seeds)."""
+    reach its teacher's (means over seeds); none when the budget has no sparse run."""
     grouped = by_kind_and_task(records, budget)
+    if not grouped:
+        return []
     kinds = kind_order(sorted({kind for kind, _ in grouped}))
     lines = ["Where the points go: the dev score just before the cut → right after it → the run's best, each minus its "
              "dense start (asp cuts at step 0, so its first number is the dense start's 0; nxm's ADMM phase moves the "
@@ -441,11 +447,11 @@ def plot_family_curves(records: list[dict[str, Any]], budget: str, path: Path) -
     tasks = [task for task in TASKS if any(r["task"] == task for r in runs)]
     if not tasks:
         return False
-    kinds = kind_order(sorted({r.get("variant") or r["method"] for r in runs}))
+    kinds = kind_order(sorted({run_kind(r) for r in runs}))
     fig, axes = plt.subplots(1, len(tasks), figsize=(5 * len(tasks), 4), squeeze=False)
     for ax, task in zip(axes[0], tasks):
         for record in (r for r in runs if r["task"] == task):
-            kind, start, metrics = record.get("variant") or record["method"], record["dense_start_score"], record["metrics"]
+            kind, start, metrics = run_kind(record), record["dense_start_score"], record["metrics"]
             color = kind_color(kinds, kind)
             cut_step = metrics.get("prune_step") or 0
             # Evaluations before the cut score dense weights (nxm's ADMM phase), not a 2:4 model: dotted, unlabelled.
@@ -479,8 +485,7 @@ def family_section(family_name: str, records: list[dict[str, Any]], docs: Path) 
     lines.append("")
     for budget in BUDGETS:
         lines += [f"#### The {budget} budget", "", *family_tables(records, budget)]
-        if by_kind_and_task(records, budget):
-            lines += family_mechanism_tables(records, budget)
+        lines += family_mechanism_tables(records, budget)
         image = f"{family_name}_{budget}.png"
         if plot_family(family_name, records, budget, docs / image):
             lines += [f"![difference from dense, {budget} budget]({image})", ""]
