@@ -34,6 +34,7 @@ from benchmarks._help import help_text
 from benchmarks.study.plan import (
     ADMM_CALLBACK,
     FIRST_SEED,
+    HARD_PRUNE_CALLBACK,
     RECORDS,
     REPO,
     RunSpec,
@@ -91,7 +92,6 @@ FEATURE_KD_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 
 
 ADMM_SHORT_END = 0.3
-HARD_PRUNE = "callbacks.HardPruneCallback"
 # asp_fisher's cut (configs/glue_asp_fisher.yaml): the squared gradients of the 32 optimizer steps before it.
 FISHER_CUT = {"at_step": 32, "saliency": "fisher"}
 
@@ -111,7 +111,7 @@ def feature_kd_variants() -> dict[str, Variant]:
             f"nxm with {what}, its ADMM phase ending by {ADMM_SHORT_END:.0%} of training", model_edits, "feature_kd",
         )  # fmt: skip
         variants[f"asp_fisher_{name}"] = Variant(
-            "asp_kd", {HARD_PRUNE: FISHER_CUT}, (f"asp_{name}", f"nxm_{name}"),
+            "asp_kd", {HARD_PRUNE_CALLBACK: FISHER_CUT}, (f"asp_{name}", f"nxm_{name}"),
             f"asp_fisher (the cut after {FISHER_CUT['at_step']} steps, ranked by Fisher x W^2) with {what}", model_edits,
             "feature_kd",
         )  # fmt: skip

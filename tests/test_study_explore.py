@@ -9,7 +9,7 @@ import yaml
 from study_helpers import finish, finish_grid_and_sweep
 
 from benchmarks import study_explore
-from benchmarks.study.plan import ADMM_CALLBACK, RunSpec, Study, Waiting, run_fingerprint
+from benchmarks.study.plan import ADMM_CALLBACK, HARD_PRUNE_CALLBACK, RunSpec, Study, Waiting, run_fingerprint
 from benchmarks.study.records import make_record
 
 
@@ -205,7 +205,7 @@ def test_a_pair_needs_one_dense_start_and_asp_fisher_recipes_cut_by_fisher(tmp_p
     finish(exploration, next(exploration.runs()), 85.5)  # the dense teacher
     run = exploration.method_spec("asp_fisher_sqh1", "stsb", 42)
     config = yaml.safe_load(run.edited_config()[0])
-    prune = next(cb["init_args"] for cb in config["trainer"]["callbacks"] if cb["class_path"] == study_explore.HARD_PRUNE)
+    prune = next(cb["init_args"] for cb in config["trainer"]["callbacks"] if cb["class_path"] == HARD_PRUNE_CALLBACK)
     assert (prune["at_step"], prune["saliency"]) == (32, "fisher")
     assert config["model"]["init_args"]["hidden_weight"] == 1.0 and run.teacher
 

@@ -76,7 +76,8 @@ BUDGETS = {
 # SST-2's 67k examples would take a day an epoch-set here: a fixed random subset (the same for every run).
 TRAIN_SUBSETS = {"sst2": 8000}
 TRAIN_SUBSET_SEED = 0
-EXPORT_CALLBACKS = ("callbacks.SavePretrainedCallback", "callbacks.HardPruneCallback")
+HARD_PRUNE_CALLBACK = "callbacks.HardPruneCallback"
+EXPORT_CALLBACKS = ("callbacks.SavePretrainedCallback", HARD_PRUNE_CALLBACK)
 ADMM_CALLBACK = "callbacks.NxMSparsifyCallback"
 EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
 
