@@ -21,7 +21,6 @@ writes ``benchmarks/results/bench_distill.json``::
 
 from __future__ import annotations
 
-import argparse
 import os
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from typing import Any
 import torch
 from lightning.pytorch.plugins.precision import MixedPrecision, Precision
 
-from benchmarks._help import help_text
+from benchmarks._help import described_parser
 from benchmarks._results import finish_results, start_results
 from benchmarks.bench_admm import median, now, since
 from benchmarks.study.runner import resolve_precision
@@ -105,7 +104,7 @@ def bench(glue_dir: Path, rounds: int, steps_per_round: int) -> dict[str, Any]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described_parser(__doc__)
     parser.add_argument("--glue-dir", type=Path, default=Path(os.environ.get("GLUE_DIR", "../shared/data/glue")))
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--steps-per-round", type=int, default=4)

@@ -28,7 +28,7 @@ from typing import Any
 
 import torch
 
-from benchmarks._help import help_text
+from benchmarks._help import described_parser
 from benchmarks._results import finish_results, start_results
 from benchmarks.bench_admm import median, now, since
 
@@ -82,7 +82,7 @@ def measure(way: str, glue_dir: Path, steps: int, warmup: int, offset: int, prec
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described_parser(__doc__)
     parser.add_argument("--glue-dir", type=Path, default=Path("../shared/data/glue"))
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=16)

@@ -53,7 +53,7 @@ from __future__ import annotations
 
 import argparse
 
-from benchmarks._help import help_text
+from benchmarks._help import described_parser
 from benchmarks.study.plan import BUDGETS, REPO, Study, print_plan, task_options
 from benchmarks.study.runner import drive, resolve_precision, run_options
 
@@ -68,7 +68,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described_parser(__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     common = task_options(REPO / "benchmarks" / "results" / "study")
     common.add_argument("--budgets", nargs="+", choices=list(BUDGETS), default=list(BUDGETS))

@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._help import help_text
+from benchmarks._help import described_parser
 from benchmarks.study.plan import REPO
 from benchmarks.study.records import environment, read_scalars, run_facts, run_metrics, write_record
 
@@ -149,7 +149,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described_parser(__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the main job once and record it")
     run.add_argument("--task", default="stsb")

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._help import help_text
+from benchmarks._help import described_parser
 from benchmarks.study.plan import (
     ADMM_CALLBACK,
     FIRST_SEED,
@@ -517,7 +517,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described_parser(__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     variant = argparse.ArgumentParser(add_help=False)
     variant.add_argument("variants", nargs="+", choices=list(VARIANTS), metavar="variant",

@@ -11,17 +11,16 @@ records) and ``docs/study_curves.png`` (the dev score after every epoch of each 
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from benchmarks._help import help_text
+from benchmarks._help import described_parser
 from benchmarks.study.plan import RECORDS, REPO
 from benchmarks.study.records import load_records
 from benchmarks.study.report import generated_section, write_results
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=help_text(__doc__), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = described_parser(__doc__)
     parser.add_argument("--records", type=Path, default=RECORDS)
     parser.add_argument("--results", type=Path, default=REPO / "docs" / "RESULTS.md")
     args = parser.parse_args(argv)
