@@ -37,10 +37,12 @@ from benchmarks.study.plan import (
     HARD_PRUNE_CALLBACK,
     RECORDS,
     REPO,
+    SRSTE_CALLBACK,
     RunSpec,
     Study,
     Waiting,
     print_plan,
+    steps_per_epoch,
     task_options,
     zstep_args,
 )
@@ -63,6 +65,8 @@ class Variant:
     what: str
     model_edits: dict[str, Any] = field(default_factory=dict)  # the model's init_args over the method's config
     family: str | None = None
+    # The HardPruneCallback's cut at this share of the run's optimizer steps (at_step, computed per task and budget).
+    cut_fraction: float | None = None
 
 
 # Feature distillation (issue 27): DistillationModule's loss terms, by recipe name. Each is run as asp_<name> (from
@@ -94,12 +98,17 @@ FEATURE_KD_RECIPES: dict[str, tuple[str, dict[str, Any]]] = {
 ADMM_SHORT_END = 0.3
 # asp_fisher's cut (configs/glue_asp_fisher.yaml): the squared gradients of the 32 optimizer steps before it.
 FISHER_CUT = {"at_step": 32, "saliency": "fisher"}
+# SR-STE (callbacks.SRSTECallback, the paper's decay) trains the 2:4 model with a moving mask for this share of the
+# run; the cut then fixes it for the rest.
+SRSTE = {"pattern": "2:4", "decay": 2e-4}
+SRSTE_CUT_FRACTION = 0.75
 
 
 def feature_kd_variants() -> dict[str, Variant]:
     """``asp_<recipe>`` against asp and asp_kd; ``nxm_<recipe>`` against nxm_kd and asp_<recipe> (the goal's pair);
     ``nxm_<recipe>_admm30`` (a shorter ADMM phase) against asp_<recipe> and nxm_<recipe>; ``asp_fisher_<recipe>``
-    (asp_fisher's cut: a better mask, no ADMM) against asp_<recipe> and nxm_<recipe>."""
+    (asp_fisher's cut: a better mask, no ADMM) and ``srste_<recipe>`` (a mask that moves until the cut) against
+    asp_<recipe> and nxm_<recipe>."""
     variants = {}
     for name, (what, loss) in FEATURE_KD_RECIPES.items():
         model_edits = {**loss, "cache_teacher_logits": False}  # the hidden states are needed at every step
@@ -114,6 +123,11 @@ def feature_kd_variants() -> dict[str, Variant]:
             "asp_kd", {HARD_PRUNE_CALLBACK: FISHER_CUT}, (f"asp_{name}", f"nxm_{name}"),
             f"asp_fisher (the cut after {FISHER_CUT['at_step']} steps, ranked by Fisher x W^2) with {what}", model_edits,
             "feature_kd",
+        )  # fmt: skip
+        variants[f"srste_{name}"] = Variant(
+            "asp_kd", {SRSTE_CALLBACK: SRSTE}, (f"asp_{name}", f"nxm_{name}"),
+            f"SR-STE (the mask moving, decay {SRSTE['decay']:g}) for {SRSTE_CUT_FRACTION:.0%} of training, then the mask "
+            f"fixed, with {what}", model_edits, "feature_kd", SRSTE_CUT_FRACTION,
         )  # fmt: skip
     return variants
 
@@ -172,6 +186,9 @@ class Exploration(Study):
         if variant.edits.get(ADMM_CALLBACK, {}).keys() - {"update_every"}:  # the phase changed: its Z-step interval too
             admm = {k: v for k, v in spec.callback_args[ADMM_CALLBACK].items() if k != "update_every"}
             spec.callback_args[ADMM_CALLBACK] = {**admm, **zstep_args(spec)}  # zstep_args ignores the old interval
+        if variant.cut_fraction is not None:
+            cut = {"at_step": round(variant.cut_fraction * spec.epochs * steps_per_epoch(spec))}
+            spec.callback_args[HARD_PRUNE_CALLBACK] = {**spec.callback_args.get(HARD_PRUNE_CALLBACK, {}), **cut}
         spec.model_args = dict(variant.model_edits)
         spec.variant = name
         return spec

@@ -386,3 +386,33 @@ def test_the_precision_line_is_printed_by_the_command_a_user_types(tmp_path: Pat
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-2000:]
     assert ("Precision bf16-mixed: the CPU has native bf16" in result.stderr) == has_fast_bf16_cpu()
+
+
+def srste_config(tmp_path: Path, prune_args: dict) -> Path:
+    """configs/glue_asp.yaml with SRSTECallback before its HardPruneCallback (given ``prune_args``)."""
+    config = yaml.safe_load((cli.CONFIG_DIR / "glue_asp.yaml").read_text())
+    prune = config["trainer"]["callbacks"][0]
+    prune["init_args"].update(prune_args)
+    config["trainer"]["callbacks"] = [{"class_path": "callbacks.SRSTECallback", "init_args": {"decay": 2e-4}}, prune]
+    path = tmp_path / "srste.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_srste_then_the_cut_from_the_command_line(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
+    """SR-STE for one epoch, then the cut: validation already scored the 2:4 model, so the cut costs nothing."""
+    export = tmp_path / "export"
+    config = srste_config(tmp_path, {"at_epoch": 1, "export_dir": str(export), "backend": "masked"})
+    fitted = run_cli("fit", "--config", str(config), *common_args(tmp_path, glue_dir, str(tiny_bert)), "--trainer.max_epochs=2")
+    prune = next(cb for cb in fitted.trainer.callbacks if type(cb).__name__ == "HardPruneCallback")
+    assert prune.pruned and prune.scores["before the cut"] == pytest.approx(prune.scores["after the cut"], abs=1e-6)
+    assert verify(export) == []
+
+
+def test_srste_without_a_later_cut_is_one_line_from_the_command_line(tmp_path: Path, glue_dir: Path, tiny_bert: Path) -> None:
+    config = srste_config(tmp_path, {"export_dir": str(tmp_path / "export")})  # glue_asp.yaml's cut at fit start
+    args = [sys.executable, "cli.py", "fit", "--config", str(config), *common_args(tmp_path, glue_dir, str(tiny_bert))]
+    result = subprocess.run(args, capture_output=True, text=True, cwd=REPO, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode != 0 and "Traceback" not in result.stderr, result.stderr[-3000:]
+    assert len(errors) == 1 and "neither at_step nor at_epoch" in errors[0]

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import write_stsb
 from study_helpers import finish, finish_grid_and_sweep
 
 from benchmarks import study_explore
-from benchmarks.study.plan import ADMM_CALLBACK, HARD_PRUNE_CALLBACK, RunSpec, Study, Waiting, run_fingerprint
+from benchmarks.study.plan import ADMM_CALLBACK, HARD_PRUNE_CALLBACK, SRSTE_CALLBACK, RunSpec, Study, Waiting, run_fingerprint
 from benchmarks.study.records import make_record
 
 
@@ -208,6 +209,27 @@ def test_a_pair_needs_one_dense_start_and_asp_fisher_recipes_cut_by_fisher(tmp_p
     prune = next(cb["init_args"] for cb in config["trainer"]["callbacks"] if cb["class_path"] == HARD_PRUNE_CALLBACK)
     assert (prune["at_step"], prune["saliency"]) == (32, "fisher")
     assert config["model"]["init_args"]["hidden_weight"] == 1.0 and run.teacher
+
+
+def test_srste_recipes_add_the_callback_and_cut_at_their_share_of_the_run(tmp_path: Path) -> None:
+    glue = write_stsb(tmp_path / "glue", ["1.0"] * 100)  # 100 examples: 4 optimizer steps an epoch at batch 32
+    study = Study(tmp_path / "study", str(glue), tasks=("stsb",), records_dir=tmp_path / "study_records")
+    finish_grid_and_sweep(study)
+    exploration = study_explore.Exploration(
+        tmp_path / "work", str(glue), tasks=("stsb",), seeds=(42,), records_dir=tmp_path / "records",
+        variants=("srste_sqh1",), budget="paper", study_records=tmp_path / "study_records",
+    )  # fmt: skip
+    finish(exploration, next(exploration.runs()), 85.5)  # the dense teacher
+    run = exploration.method_spec("srste_sqh1", "stsb", 42)
+    callbacks = yaml.safe_load(run.edited_config()[0])["trainer"]["callbacks"]
+    assert callbacks[0] == {"class_path": SRSTE_CALLBACK, "init_args": study_explore.SRSTE}
+    prune = next(cb["init_args"] for cb in callbacks if cb["class_path"] == HARD_PRUNE_CALLBACK)
+    assert prune["at_step"] == 30  # 75% of 10 epochs x 4 steps
+    assert run.edited_config()[1][SRSTE_CALLBACK] == study_explore.SRSTE  # recorded among the run's edits
+    # its partner, asp_sqh1, has neither
+    partner = yaml.safe_load(exploration.method_spec("asp_sqh1", "stsb", 42).edited_config()[0])["trainer"]["callbacks"]
+    assert [cb["class_path"] for cb in partner] == [HARD_PRUNE_CALLBACK]
+    assert "at_step" not in partner[0]["init_args"]
 
 
 def test_pairs_only_plans_each_variant_and_its_first_partner_alone(tmp_path: Path) -> None:

@@ -79,6 +79,7 @@ TRAIN_SUBSET_SEED = 0
 HARD_PRUNE_CALLBACK = "callbacks.HardPruneCallback"
 EXPORT_CALLBACKS = ("callbacks.SavePretrainedCallback", HARD_PRUNE_CALLBACK)
 ADMM_CALLBACK = "callbacks.NxMSparsifyCallback"
+SRSTE_CALLBACK = "callbacks.SRSTECallback"
 EARLY_STOPPING = "lightning.pytorch.callbacks.EarlyStopping"
 
 
@@ -153,6 +154,12 @@ class RunSpec:
                 wanted["export_dir"] = str(self.export_dir)
             args.update(wanted)
             edits[callback["class_path"]] = wanted
+        # A callback the config lacks (an exploration's SR-STE) is added, first: it trains before the config's cut.
+        present = {callback["class_path"] for callback in callbacks}
+        for class_path, args in self.callback_args.items():
+            if class_path not in present and args:
+                callbacks.insert(0, {"class_path": class_path, "init_args": dict(args)})
+                edits[class_path] = dict(args)
         return yaml.safe_dump(config, sort_keys=False), edits
 
     def write_config(self) -> dict[str, dict[str, Any]]:

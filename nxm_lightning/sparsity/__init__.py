@@ -5,6 +5,7 @@ every module here with those packages blocked).
 - :mod:`.targets`: which layers to sparsify (``nn.Linear``, and GPT-2's ``Conv1D`` when transformers is installed).
 - :mod:`.admm`: the ADMM state (Z, U, rho) and its Z/U step; :mod:`.schedule`: when the phase runs and how rho grows.
 - :mod:`.saliency`: what a cut keeps in each group (magnitude, or a diagonal Fisher estimate times W^2).
+- :mod:`.srste`: SR-STE, training through the N:M projection of dense weights (a mask that keeps moving).
 - :mod:`.finite`: NaN/Inf in many tensors with one device sync (a diverged model is never checkpointed or exported).
 - :mod:`.sparse_linear`: the serving backends behind one module, :class:`~.sparse_linear.NxMLinear`, and the routing.
 - :mod:`.export_format`: what ``sparsity.json`` and an ONNX file's sparsity record hold and how weights are checked
