@@ -99,7 +99,8 @@ ADMM_SHORT_END = 0.3
 # asp_fisher's cut (configs/glue_asp_fisher.yaml): the squared gradients of the 32 optimizer steps before it.
 FISHER_CUT = {"at_step": 32, "saliency": "fisher"}
 # SR-STE (callbacks.SRSTECallback, the paper's decay) trains the 2:4 model with a moving mask for this share of the
-# run; the cut then fixes it for the rest.
+# run; the cut then fixes it for the rest. Its own family (records dir), so that its partners run again beside it from
+# the dense builds of the machine it runs on (a pair needs one dense start).
 SRSTE = {"pattern": "2:4", "decay": 2e-4}
 SRSTE_CUT_FRACTION = 0.75
 
@@ -127,7 +128,7 @@ def feature_kd_variants() -> dict[str, Variant]:
         variants[f"srste_{name}"] = Variant(
             "asp_kd", {SRSTE_CALLBACK: SRSTE}, (f"asp_{name}", f"nxm_{name}"),
             f"SR-STE (the mask moving, decay {SRSTE['decay']:g}) for {SRSTE_CUT_FRACTION:.0%} of training, then the mask "
-            f"fixed, with {what}", model_edits, "feature_kd", SRSTE_CUT_FRACTION,
+            f"fixed, with {what}", model_edits, "srste", SRSTE_CUT_FRACTION,
         )  # fmt: skip
     return variants
 
