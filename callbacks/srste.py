@@ -70,13 +70,12 @@ class SRSTECallback(TargetingCallback):
         self._prune = self._cut(trainer)
         targets = self.spec.select(pl_module)
         refuse_fp16_weights(trainer, targets, type(self).__name__)
+        # Resumed after the cut, the first training batch switches the projection off (on_train_batch_start): the
+        # HardPruneCallback restores its masks in its own on_fit_start, which may run after this one.
         self._projection = ProjectedForward(targets, self.decay)
-        self._projection.active = not self._prune.pruned  # a resume after the cut: the mask is fixed already
         rank_zero_info(
             f"SRSTECallback: {len(targets)} layers train through their N:M projection (decay {self.decay:g}) until "
             "the HardPruneCallback's cut."
-            if self._projection.active
-            else "SRSTECallback: resumed after the cut."
         )
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:

@@ -67,8 +67,8 @@ def test_a_second_projection_on_the_same_layer_is_refused() -> None:
 
 
 class MaskProbe(Callback):
-    """Records the magnitude masks of net.0 before every training batch, and the validation loss against the
-    projected model's."""
+    """Records net.0's magnitude mask (and whether its weight is still dense) before every training batch, and
+    whether each validation batch's output is the projected model's."""
 
     def __init__(self) -> None:
         self.masks: list[torch.Tensor] = []
